@@ -1,0 +1,3 @@
+"""optimizers package."""
+
+__all__: list[str] = []

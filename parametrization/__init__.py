@@ -1,0 +1,3 @@
+"""parametrization package."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""reference_models package."""
+
+__all__: list[str] = []
