@@ -1,3 +1,17 @@
-"""optimizers package."""
+"""AdamW and Muon as drop-in ``torch.optim`` optimizers, and the Newton–Schulz orthogonalizer."""
 
-__all__: list[str] = []
+from .adamw import AdamW
+from .lr_scale import LR_SCALE_RULES, lr_scale
+from .muon import Muon, orthogonalize_updates
+from .newton_schulz import NS_COEFFICIENTS, newton_schulz, newton_schulz_flops
+
+__all__ = [
+    "AdamW",
+    "LR_SCALE_RULES",
+    "Muon",
+    "NS_COEFFICIENTS",
+    "lr_scale",
+    "newton_schulz",
+    "newton_schulz_flops",
+    "orthogonalize_updates",
+]

@@ -1,0 +1,343 @@
+"""Whole-matrix orthogonalization of sharded (FSDP2 / DTensor) and replicated (DDP) updates.
+
+Muon must orthogonalize the *whole* update matrix: Newton–Schulz on a row shard of ``G`` gives
+``polar(G_shard)``, which is not the matching rows of ``polar(G)`` (the Gram matrix ``G Gᵀ`` couples
+all rows). This module does the work once per matrix and spreads it over the ranks:
+
+* **FSDP2 (DTensor ``Shard(d)`` on a 1-D mesh, ``d`` one of the two matrix dims).** Each matrix gets
+  an owner rank (:func:`assign_owners`, balanced by Newton–Schulz cost). One ``all_to_all`` sends
+  every shard to its matrix's owner, the owner orthogonalizes its whole matrices (same-shape ones
+  stacked into one batched call), and a second ``all_to_all`` sends the pieces back. Shards are cut
+  with ``torch.chunk`` semantics, so uneven and empty shards need no padding (the collectives take
+  per-rank split sizes). Communication per rank ≈ 2·S/W, where S is the size of all updates.
+* **``Shard(d)`` on a batch dim** (``d < ndim - 2``, e.g. stacked experts): every local slice is a
+  whole matrix, so the local shard is orthogonalized in place, with no communication.
+* **Replicated updates** (DDP, where gradients are already all-reduced, or a ``Replicate()``
+  DTensor): each rank orthogonalizes the matrices it owns and one ``all_gather`` shares the results
+  (padded to equal length per rank, which gloo requires). Communication ≈ S per rank.
+* **Anything else** (2-D meshes such as HSDP, tensor-parallel layouts): ``full_tensor()`` on every
+  rank, orthogonalize, keep the local part. Correct, but the Newton–Schulz work is repeated W times.
+
+Every rank must call these functions with the same list (same order, shapes, dtypes, meshes),
+because they issue collectives; the optimizer step guarantees that under DDP and FSDP2.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Hashable, Sequence
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+from torch.distributed.tensor import DTensor, Replicate, Shard
+
+__all__ = [
+    "assign_owners",
+    "chunk_sizes",
+    "orthogonalize_dtensors",
+    "orthogonalize_replicated",
+]
+
+Orthogonalize = Callable[[Tensor], Tensor]
+"""Maps a stack ``[k, ..., m, n]`` of whole matrices to their orthogonalized stack (same shape)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Pure helpers
+# --------------------------------------------------------------------------------------------
+
+
+def chunk_sizes(length: int, world_size: int) -> list[int]:
+    """Sizes of the ``world_size`` pieces ``torch.chunk`` (and DTensor ``Shard``) cuts ``length`` into.
+
+    Every piece has ``ceil(length / world_size)`` elements except the trailing ones, which hold the
+    rest and may be empty: ``chunk_sizes(5, 3) == [2, 2, 1]``, ``chunk_sizes(2, 3) == [1, 1, 0]``.
+    """
+    if length < 0:
+        raise ValueError(f"length must be >= 0, got {length}")
+    if world_size < 1:
+        raise ValueError(f"world_size must be >= 1, got {world_size}")
+    full = -(-length // world_size)  # ceil
+    return [max(0, min(full, length - r * full)) for r in range(world_size)]
+
+
+def newton_schulz_cost(shape: Sequence[int]) -> int:
+    """Relative Newton–Schulz cost of a ``[..., m, n]`` update: ``batch · min(m,n)² · max(m,n)``.
+
+    One quintic step costs ``4·a²·b + 2·a³`` flops with ``a = min(m, n)``, ``b = max(m, n)``; the
+    ``a²·b`` term dominates and is enough to balance owners.
+    """
+    *batch, m, n = shape
+    return max(1, int(torch.Size(batch).numel()) * min(m, n) ** 2 * max(m, n))
+
+
+def assign_owners(costs: Sequence[float], world_size: int) -> list[int]:
+    """Give each item an owner rank so the per-rank total cost is balanced (greedy LPT).
+
+    Items are taken in decreasing cost (ties: list order) and each goes to the rank with the least
+    load so far (ties: fewer items, then lower rank). Equal costs therefore go round-robin, so each
+    rank owns ``floor(N/W)`` or ``ceil(N/W)`` of them, and in general the most loaded rank carries at
+    most ``sum(costs)/W + max(costs)``. Deterministic: every rank computes the same answer.
+    """
+    if world_size < 1:
+        raise ValueError(f"world_size must be >= 1, got {world_size}")
+    if any(c < 0 for c in costs):
+        raise ValueError(f"costs must be >= 0, got {list(costs)}")
+    load = [0.0] * world_size
+    count = [0] * world_size
+    owners = [0] * len(costs)
+    for i in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):
+        r = min(range(world_size), key=lambda r: (load[r], count[r], r))
+        owners[i] = r
+        load[r] += costs[i]
+        count[r] += 1
+    return owners
+
+
+def _orthogonalize_stacked(mats: Sequence[Tensor], orthogonalize: Orthogonalize) -> list[Tensor]:
+    """Orthogonalize whole matrices locally, one batched call per (shape, dtype)."""
+    out: list[Tensor | None] = [None] * len(mats)
+    groups: dict[tuple, list[int]] = {}
+    for i, m in enumerate(mats):
+        groups.setdefault((tuple(m.shape), m.dtype), []).append(i)
+    for idx in groups.values():
+        result = orthogonalize(torch.stack([mats[i] for i in idx]))
+        for j, i in enumerate(idx):
+            out[i] = result[j]
+    return out  # type: ignore[return-value]
+
+
+def _default_orthogonalize(steps: int, coefficients: str, dtype: torch.dtype | None) -> Orthogonalize:
+    from optimizers.newton_schulz import newton_schulz  # lazy: avoid an import cycle with muon.py
+
+    return functools.partial(newton_schulz, steps=steps, coefficients=coefficients, dtype=dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# FSDP2 / DTensor
+# --------------------------------------------------------------------------------------------
+
+
+def orthogonalize_dtensors(
+    updates: Sequence[Tensor],
+    *,
+    steps: int = 5,
+    coefficients: str = "quintic",
+    dtype: torch.dtype | None = None,
+    orthogonalize: Orthogonalize | None = None,
+) -> list[Tensor]:
+    """Orthogonalize each update as a whole matrix, with the work split across the ranks.
+
+    Args:
+        updates: ``[..., m, n]`` tensors; DTensors keep their mesh and placements in the result.
+            Plain tensors are orthogonalized locally. The list must be the same on every rank.
+        steps, coefficients, dtype: passed to :func:`optimizers.newton_schulz` (unless
+            ``orthogonalize`` is given).
+        orthogonalize: optional replacement for Newton–Schulz; maps a stack ``[k, ..., m, n]`` to
+            an equally shaped stack.
+
+    Returns:
+        One tensor per update, of the same kind, global shape, mesh and placements.
+    """
+    orth = orthogonalize or _default_orthogonalize(steps, coefficients, dtype)
+    out: list[Tensor | None] = [None] * len(updates)
+    plain: list[int] = []
+    regroup: dict[Hashable, list[int]] = {}  # mesh -> indices of dim-sharded matrices
+    replicated: dict[Hashable, list[int]] = {}  # mesh -> indices of Replicate() DTensors
+    fallback: list[int] = []
+    for i, u in enumerate(updates):
+        if not isinstance(u, DTensor):
+            plain.append(i)
+            continue
+        if u.ndim < 2:
+            raise ValueError(f"updates[{i}] must have at least 2 dims, got shape {tuple(u.shape)}")
+        mesh, placements = u.device_mesh, u.placements
+        if all(isinstance(p, Replicate) for p in placements):
+            replicated.setdefault(mesh, []).append(i)
+        elif mesh.ndim == 1 and isinstance(placements[0], Shard):
+            dim = placements[0].dim % u.ndim
+            if dim < u.ndim - 2:  # a batch dim: local slices are whole matrices
+                local = _orthogonalize_stacked([u.to_local()], orth)[0]
+                out[i] = DTensor.from_local(local, mesh, placements, shape=u.shape, stride=u.stride())
+            else:
+                regroup.setdefault(mesh, []).append(i)
+        else:
+            fallback.append(i)
+
+    for i, r in zip(plain, _orthogonalize_stacked([updates[i] for i in plain], orth)):
+        out[i] = r
+    for mesh, idx in regroup.items():
+        for i, r in zip(idx, _regroup_orthogonalize([updates[i] for i in idx], orth)):
+            out[i] = r
+    for mesh, idx in replicated.items():
+        group = mesh.get_group() if mesh.ndim == 1 else None
+        if group is None:
+            fallback.extend(idx)
+            continue
+        locals_ = orthogonalize_replicated([updates[i].to_local() for i in idx], group=group, orthogonalize=orth)
+        for i, r in zip(idx, locals_):
+            u = updates[i]
+            out[i] = DTensor.from_local(r, u.device_mesh, u.placements, shape=u.shape, stride=u.stride())
+    for i in sorted(fallback):
+        u = updates[i]
+        full = _orthogonalize_stacked([u.full_tensor()], orth)[0]
+        replicated_dt = DTensor.from_local(full, u.device_mesh, [Replicate()] * u.device_mesh.ndim)
+        out[i] = replicated_dt.redistribute(u.device_mesh, u.placements)
+    return out  # type: ignore[return-value]
+
+
+def _regroup_orthogonalize(updates: Sequence[DTensor], orth: Orthogonalize) -> list[DTensor]:
+    """All-to-all the shards of whole matrices to their owners, orthogonalize, all-to-all back.
+
+    All ``updates`` live on the same 1-D mesh, each ``Shard(d)`` with ``d`` one of the last two
+    dims. Split sizes per rank follow :func:`chunk_sizes`, so uneven and empty shards work.
+    """
+    mesh = updates[0].device_mesh
+    group = mesh.get_group()
+    world, rank = dist.get_world_size(group), dist.get_rank(group)
+    dims = [u.placements[0].dim % u.ndim for u in updates]  # type: ignore[union-attr]
+    owners = assign_owners([newton_schulz_cost(u.shape) for u in updates], world)
+    sizes = [chunk_sizes(u.shape[d], world) for u, d in zip(updates, dims)]
+    locals_ = [u.to_local() for u in updates]
+    for i, (loc, d) in enumerate(zip(locals_, dims)):
+        if loc.shape[d] != sizes[i][rank]:
+            raise ValueError(
+                f"updates[{i}] has a local shard of {loc.shape[d]} along dim {d} on rank {rank}; expected "
+                f"{sizes[i][rank]} (torch.chunk layout of {updates[i].shape[d]} over {world} ranks)"
+            )
+
+    # Piece sent by rank s for matrix i: its local shard; numel = shard elements.
+    def piece_numel(i: int, s: int) -> int:
+        shape = list(updates[i].shape)
+        shape[dims[i]] = sizes[i][s]
+        return int(torch.Size(shape).numel())
+
+    by_dtype: dict[torch.dtype, list[int]] = {}
+    for i, u in enumerate(updates):
+        by_dtype.setdefault(u.dtype, []).append(i)
+
+    results: list[Tensor | None] = [None] * len(updates)
+    for dtype_, idx in by_dtype.items():
+        owned = [i for i in idx if owners[i] == rank]
+        # Forward: to each owner, my shards of the matrices it owns (in list order).
+        send = [locals_[i].reshape(-1) for j in range(world) for i in idx if owners[i] == j]
+        send_splits = [sum(piece_numel(i, rank) for i in idx if owners[i] == j) for j in range(world)]
+        recv_splits = [sum(piece_numel(i, s) for i in owned) for s in range(world)]
+        recv = _all_to_all(send, send_splits, recv_splits, dtype_, locals_[0].device, group)
+
+        # Reassemble my whole matrices: recv is [source 0: owned pieces..., source 1: ...].
+        pieces: dict[int, list[Tensor]] = {i: [] for i in owned}
+        offset = 0
+        for s in range(world):
+            for i in owned:
+                n = piece_numel(i, s)
+                shape = list(updates[i].shape)
+                shape[dims[i]] = sizes[i][s]
+                pieces[i].append(recv[offset : offset + n].view(shape))
+                offset += n
+        whole = [torch.cat(pieces[i], dim=dims[i]) for i in owned]
+        orthed = dict(zip(owned, _orthogonalize_stacked(whole, orth)))
+
+        # Backward: to each rank s, its rows/cols of every matrix I own (in list order).
+        back = [
+            orthed[i].narrow(dims[i], sum(sizes[i][:s]), sizes[i][s]).reshape(-1)
+            for s in range(world)
+            for i in owned
+        ]
+        recv_back = _all_to_all(back, recv_splits, send_splits, dtype_, locals_[0].device, group)
+        offset = 0
+        for j in range(world):
+            for i in idx:
+                if owners[i] != j:
+                    continue
+                n = piece_numel(i, rank)
+                results[i] = recv_back[offset : offset + n].view(locals_[i].shape)
+                offset += n
+
+    return [
+        DTensor.from_local(r, u.device_mesh, u.placements, shape=u.shape, stride=u.stride())
+        for r, u in zip(results, updates)
+    ]
+
+
+def _all_to_all(
+    chunks: list[Tensor],
+    send_splits: list[int],
+    recv_splits: list[int],
+    dtype: torch.dtype,
+    device: torch.device,
+    group: dist.ProcessGroup,
+) -> Tensor:
+    """``all_to_all_single`` with per-rank split sizes (supported by gloo and NCCL)."""
+    send = torch.cat(chunks) if chunks else torch.empty(0, dtype=dtype, device=device)
+    recv = torch.empty(sum(recv_splits), dtype=dtype, device=device)
+    dist.all_to_all_single(recv, send.contiguous(), recv_splits, send_splits, group=group)
+    return recv
+
+
+# torch >= 2.13 renames all_gather_into_tensor to all_gather_single (the old name warns).
+_all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+
+
+# --------------------------------------------------------------------------------------------
+# DDP / replicated
+# --------------------------------------------------------------------------------------------
+
+
+def orthogonalize_replicated(
+    updates: Sequence[Tensor],
+    *,
+    group: dist.ProcessGroup | None = None,
+    steps: int = 5,
+    coefficients: str = "quintic",
+    dtype: torch.dtype | None = None,
+    orthogonalize: Orthogonalize | None = None,
+) -> list[Tensor]:
+    """Orthogonalize updates that are identical on every rank (DDP), each rank doing ~1/W of them.
+
+    Each matrix is orthogonalized by its owner (:func:`assign_owners`); one ``all_gather`` per dtype
+    then gives every rank every result. Each rank's contribution is padded to the largest one because
+    gloo's ``all_gather`` needs equal sizes.
+
+    Args:
+        updates: plain ``[..., m, n]`` tensors, the same values on every rank of ``group``.
+        group: the process group (default: the world). With one rank this is a local call.
+        steps, coefficients, dtype, orthogonalize: as in :func:`orthogonalize_dtensors`.
+    """
+    orth = orthogonalize or _default_orthogonalize(steps, coefficients, dtype)
+    for i, u in enumerate(updates):
+        if isinstance(u, DTensor):
+            raise TypeError(f"updates[{i}] is a DTensor; use orthogonalize_dtensors for DTensors")
+        if u.ndim < 2:
+            raise ValueError(f"updates[{i}] must have at least 2 dims, got shape {tuple(u.shape)}")
+    if not updates:
+        return []
+    world = dist.get_world_size(group) if dist.is_available() and dist.is_initialized() else 1
+    if world == 1:
+        return _orthogonalize_stacked(updates, orth)
+    rank = dist.get_rank(group)
+    owners = assign_owners([newton_schulz_cost(u.shape) for u in updates], world)
+    results: list[Tensor | None] = [None] * len(updates)
+    by_dtype: dict[torch.dtype, list[int]] = {}
+    for i, u in enumerate(updates):
+        by_dtype.setdefault(u.dtype, []).append(i)
+    for dtype_, idx in by_dtype.items():
+        owned = [i for i in idx if owners[i] == rank]
+        mine = _orthogonalize_stacked([updates[i] for i in owned], orth)
+        totals = [sum(updates[i].numel() for i in idx if owners[i] == j) for j in range(world)]
+        width = max(totals)
+        device = updates[idx[0]].device
+        send = torch.zeros(width, dtype=dtype_, device=device)
+        if mine:
+            send[: totals[rank]] = torch.cat([m.reshape(-1) for m in mine])
+        gathered = torch.empty(world * width, dtype=dtype_, device=device)
+        _all_gather_single(gathered, send, group=group)
+        for j in range(world):
+            offset = j * width
+            for i in idx:
+                if owners[i] == j:
+                    n = updates[i].numel()
+                    results[i] = gathered[offset : offset + n].view(updates[i].shape)
+                    offset += n
+    return results  # type: ignore[return-value]

@@ -1,0 +1,90 @@
+"""Gradient checks that run before an optimizer touches any parameter or state."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+
+def param_label(group_index: int, index: int, group: dict, param: Tensor) -> str:
+    """A readable name: the param name when the group was built from named parameters."""
+    names = group.get("param_names")
+    name = f"{names[index]!r} " if names is not None and index < len(names) else ""
+    return f"parameter {name}(group {group_index}, index {index}, shape {tuple(param.shape)})"
+
+
+def first_nonfinite(grads: Sequence[Tensor]) -> int | None:
+    """Index of the first gradient holding a NaN or ±inf, or ``None``.
+
+    One ``max |g|`` reduction per gradient (``_foreach_norm`` with ord=inf propagates NaN) and one host
+    sync per device; the slow per-tensor search runs only when something is non-finite.
+    """
+    if not grads:
+        return None
+    by_device: dict[torch.device, list[int]] = {}
+    for i, g in enumerate(grads):
+        by_device.setdefault(g.device, []).append(i)
+    bad = False
+    for idx in by_device.values():
+        maxes = torch._foreach_norm([grads[i] for i in idx], float("inf"))
+        if not bool(torch.stack([m.float() for m in maxes]).isfinite().all()):
+            bad = True
+            break
+    if not bad:
+        return None
+    for i, g in enumerate(grads):
+        if not bool(g.isfinite().all()):
+            return i
+    return None
+
+
+GroupGrads = list[tuple[dict, list[Tensor], list[Tensor]]]
+
+
+def gather_checked_grads(optimizer: Optimizer, nonfinite: str | None) -> GroupGrads | None:
+    """Collect ``(group, params_with_grad, grads)`` for every group, checking all gradients first.
+
+    Raises ``TypeError`` for a sparse or complex gradient, and with ``nonfinite="raise"`` a
+    ``FloatingPointError`` naming the first parameter whose gradient holds NaN/inf. Returns ``None`` when
+    ``nonfinite="skip"`` and a gradient is non-finite (the caller skips the whole step). Nothing is
+    modified here, so an error leaves parameters and optimizer state untouched.
+    """
+    out: GroupGrads = []
+    labels: list[tuple[int, int]] = []
+    all_grads: list[Tensor] = []
+    for gi, group in enumerate(optimizer.param_groups):
+        params, grads = [], []
+        for pi, p in enumerate(group["params"]):
+            g = p.grad
+            if g is None:
+                continue
+            if g.is_sparse or g.layout != torch.strided:
+                raise TypeError(
+                    f"{param_label(gi, pi, group, p)} has a sparse gradient (layout {g.layout}); "
+                    "only dense gradients are supported"
+                )
+            if g.is_complex() or p.is_complex():
+                raise TypeError(
+                    f"{param_label(gi, pi, group, p)} has a complex gradient or value (dtype {g.dtype}); "
+                    "only real parameters are supported"
+                )
+            params.append(p)
+            grads.append(g)
+            labels.append((gi, pi))
+            all_grads.append(g)
+        out.append((group, params, grads))
+    if nonfinite is not None:
+        bad = first_nonfinite(all_grads)
+        if bad is not None:
+            if nonfinite == "skip":
+                return None
+            gi, pi = labels[bad]
+            group = optimizer.param_groups[gi]
+            raise FloatingPointError(
+                f"{param_label(gi, pi, group, group['params'][pi])} has a non-finite gradient (NaN or inf); "
+                "no parameter or optimizer state was modified"
+            )
+    return out

@@ -1,0 +1,358 @@
+"""Muon for matrix parameters and the AdamW rule for everything else, in one ``torch.optim.Optimizer``.
+
+Muon update of a matrix parameter ``W`` (fan_out × fan_in) with gradient ``G``, per step::
+
+    B ← μ·B + (1 − μ)·G                        momentum, EMA form (state key ``momentum_buffer``)
+    U ← (1 − μ)·G + μ·B   if nesterov else B
+    O ← NS(U)                                  Newton–Schulz ≈ polar factor (optimizers.newton_schulz)
+    W ← W·(1 − lr·wd)                          decay="lr" (default; uses the *unscaled* lr, as torch)
+    W ← W·(1 − wd)                             decay="independent"
+    W ← W − lr · scale(fan_out, fan_in) · O    scale: optimizers.lr_scale rule
+
+Shapes beyond 2-D:
+
+* a 3-D parameter ``[k, m, n]`` (stacked experts or heads) is a batch of k independent m×n matrices, each
+  orthogonalized on its own; the lr scale uses (m, n);
+* a ≥4-D parameter (a conv kernel ``[out, in, kh, kw]``) is orthogonalized as the 2-D matrix
+  ``(out, in·kh·kw)`` and its lr scale uses fan_out = out, fan_in = in·kh·kw.
+
+Every step gathers the updates of all Muon groups and hands them to :func:`orthogonalize_updates`, which
+stacks same-shaped matrices (tall ones transposed to wide first) into one batched Newton–Schulz call.
+Groups with ``algorithm="adamw"`` take the AdamW rule through torch's fused AdamW kernel (see
+:mod:`optimizers.adamw`). A group without ``algorithm`` is split by ``ndim``: ≥ 2-D → Muon, else → AdamW
+with the ``adamw_*`` settings.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from . import _validation as V
+from ._nonfinite import gather_checked_grads
+from .adamw import ADAMW_GROUP_DEFAULTS, adamw_group_update, check_adamw_group
+from .lr_scale import LR_SCALE_RULES, lr_scale
+from .newton_schulz import check_coefficients, newton_schulz
+
+__all__ = ["Muon", "matrix_fans", "muon_momentum", "orthogonalize_updates"]
+
+ALGORITHMS = ("muon", "adamw")
+
+
+def as_matrices(t: Tensor) -> Tensor:
+    """The view Muon orthogonalizes: 2-D and 3-D as they are, ≥4-D flattened to ``(shape[0], -1)``."""
+    if t.ndim >= 4:
+        return t.reshape(t.shape[0], -1)
+    return t
+
+
+def matrix_fans(shape: Sequence[int]) -> tuple[int, int]:
+    """``(fan_out, fan_in)`` of the matrices Muon orthogonalizes for a parameter of this shape."""
+    if len(shape) < 2:
+        raise ValueError(f"Muon needs a parameter with at least 2 dimensions, got shape {tuple(shape)}")
+    if len(shape) >= 4:
+        return shape[0], math.prod(shape[1:])
+    return shape[-2], shape[-1]
+
+
+def muon_momentum(bufs: list[Tensor], grads: list[Tensor], momentum: float, nesterov: bool) -> list[Tensor]:
+    """``B ← μ·B + (1 − μ)·G`` in place on ``bufs``; returns new tensors ``U`` (Nesterov: ``(1−μ)·G + μ·B``).
+
+    ``grads`` are only read. Without Nesterov the returned update is a copy of ``B``, so nothing
+    downstream can alias (and normalize) the optimizer state.
+    """
+    if all(b.dtype == g.dtype and b.device == g.device for b, g in zip(bufs, grads)):
+        torch._foreach_lerp_(bufs, grads, 1.0 - momentum)
+        return torch._foreach_lerp(grads, bufs, momentum) if nesterov else [b.clone() for b in bufs]
+    out = []
+    for b, g in zip(bufs, grads):
+        b.lerp_(g.to(b.dtype), 1.0 - momentum)
+        out.append(g.to(b.dtype).lerp(b, momentum) if nesterov else b.clone())
+    return out
+
+
+def _is_dtensor(t: Tensor) -> bool:
+    if not torch.distributed.is_available():
+        return False
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(t, DTensor)
+
+
+def orthogonalize_updates(
+    updates: list[Tensor],
+    *,
+    steps: int,
+    coefficients: str | Sequence[Sequence[float]],
+    dtype: torch.dtype | None,
+) -> list[Tensor]:
+    """Newton–Schulz of every update, batching same-shaped matrices into one call.
+
+    Each update is a matrix ``[m, n]`` or a batch ``[k, m, n]``; updates are read, never modified. Tall
+    matrices are transposed to the wide orientation first, so e.g. 2048×512 and 512×2048 share a batch.
+    Results are in the compute dtype (``dtype``, or bf16 on CUDA / fp32 elsewhere), one per update, in
+    order. If any update is a ``DTensor`` the whole list goes to
+    ``optimizers._distributed.orthogonalize_dtensors`` (same signature).
+    """
+    if any(_is_dtensor(u) for u in updates):
+        from ._distributed import orthogonalize_dtensors  # lazy: only needed for sharded updates
+
+        return orthogonalize_dtensors(updates, steps=steps, coefficients=coefficients, dtype=dtype)
+
+    wide: list[Tensor] = []
+    buckets: dict[tuple[Any, ...], list[int]] = {}
+    for i, u in enumerate(updates):
+        if u.ndim not in (2, 3):
+            raise ValueError(f"updates[{i}] must be [m, n] or [k, m, n], got shape {tuple(u.shape)}")
+        w = u.mT if u.shape[-2] > u.shape[-1] else u
+        wide.append(w)
+        buckets.setdefault((tuple(w.shape[-2:]), u.device, u.dtype), []).append(i)
+
+    out: list[Tensor | None] = [None] * len(updates)
+    for (mn, _, _), idx in buckets.items():
+        if len(idx) == 1:
+            batch = wide[idx[0]]
+        else:
+            batch = torch.cat([wide[i].reshape(-1, *mn) for i in idx])
+        result = newton_schulz(batch, steps=steps, coefficients=coefficients, dtype=dtype)
+        if len(idx) == 1:
+            pieces = [result]
+        else:
+            pieces = list(result.split([wide[i].reshape(-1, *mn).shape[0] for i in idx]))
+        for i, piece in zip(idx, pieces):
+            piece = piece.reshape(wide[i].shape)
+            out[i] = piece.mT if updates[i].shape[-2] > updates[i].shape[-1] else piece
+    return out  # type: ignore[return-value]
+
+
+def _coefficients_key(coefficients: Any) -> Any:
+    if isinstance(coefficients, str):
+        return coefficients
+    return tuple(tuple(float(v) for v in abc) for abc in coefficients)
+
+
+def check_muon_group(group: dict[str, Any]) -> None:
+    """Validate the Muon-rule keys of a (fully filled) param group."""
+    V.check_lr("lr", group["lr"])
+    V.check_beta("momentum", group["momentum"])
+    V.check_bool("nesterov", group["nesterov"])
+    V.check_nonnegative("weight_decay", group["weight_decay"])
+    V.check_choice("decay", group["decay"], V.DECAY_MODES)
+    if group["decay"] == "independent" and group["weight_decay"] > 1:
+        raise ValueError(f"Invalid weight_decay: {group['weight_decay']!r} (must be <= 1 with decay='independent')")
+    V.check_int_at_least("ns_steps", group["ns_steps"], 1)
+    check_coefficients(group["ns_coefficients"])
+    V.check_choice("lr_scale", group["lr_scale"], LR_SCALE_RULES)
+
+
+class Muon(Optimizer):
+    """Muon (orthogonalized momentum) for matrices plus the AdamW rule for the rest; see the module doc.
+
+    Args:
+        params: parameters or param groups. A group may set ``algorithm`` to ``"muon"`` (keys ``lr``,
+            ``momentum``, ``nesterov``, ``weight_decay``, ``decay``, ``ns_steps``, ``ns_coefficients``,
+            ``lr_scale``) or ``"adamw"`` (keys ``lr``, ``betas``, ``eps``, ``weight_decay``, ``amsgrad``,
+            ``maximize``, ``decay``; missing ones come from the ``adamw_*`` arguments). A group without
+            ``algorithm`` is split: ≥2-D parameters → Muon, 0-D/1-D → AdamW.
+        lr: Muon learning rate before the shape scale (default 0.02).
+        momentum: μ in [0, 1) (default 0.95).
+        nesterov: Nesterov momentum (default True).
+        weight_decay: Muon decoupled weight decay (default 0.1).
+        ns_steps: Newton–Schulz iterations, ≥ 1 (default 5).
+        ns_coefficients: ``"quintic"`` (Keller Jordan, default) or ``"polar_express"``.
+        lr_scale: ``"spectral"`` (default), ``"match_rms_adamw"`` or ``"none"`` (optimizers.lr_scale).
+        ns_dtype: Newton–Schulz compute dtype; ``None`` = bf16 on CUDA, fp32 elsewhere.
+        adamw_lr, adamw_betas, adamw_eps, adamw_weight_decay: defaults of the AdamW-rule groups
+            (3e-4, (0.9, 0.95), 1e-8, 0.0).
+        decay: ``"lr"`` or ``"independent"`` weight decay for both rules (per-group key ``decay``).
+        nonfinite: ``None``, ``"raise"`` or ``"skip"`` (as :class:`optimizers.AdamW`).
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        lr: float | Tensor = 0.02,
+        momentum: float = 0.95,
+        nesterov: bool = True,
+        weight_decay: float = 0.1,
+        *,
+        ns_steps: int = 5,
+        ns_coefficients: Literal["quintic", "polar_express"] | Sequence[Sequence[float]] = "quintic",
+        lr_scale: Literal["spectral", "match_rms_adamw", "none"] = "spectral",
+        ns_dtype: torch.dtype | None = None,
+        adamw_lr: float | Tensor = 3e-4,
+        adamw_betas: tuple[float, float] = (0.9, 0.95),
+        adamw_eps: float = 1e-8,
+        adamw_weight_decay: float = 0.0,
+        decay: Literal["lr", "independent"] = "lr",
+        nonfinite: Literal["raise", "skip"] | None = None,
+    ) -> None:
+        self.muon_defaults: dict[str, Any] = dict(
+            lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay, decay=decay,
+            ns_steps=ns_steps, ns_coefficients=ns_coefficients, lr_scale=lr_scale,
+        )
+        self.adamw_defaults: dict[str, Any] = dict(
+            lr=adamw_lr, betas=tuple(adamw_betas) if isinstance(adamw_betas, list) else adamw_betas,
+            eps=adamw_eps, weight_decay=adamw_weight_decay, **{**ADAMW_GROUP_DEFAULTS, "decay": decay},
+        )
+        check_muon_group(self.muon_defaults)
+        check_adamw_group(self.adamw_defaults, prefix="adamw_")
+        V.check_float_dtype("ns_dtype", ns_dtype)
+        V.check_choice("nonfinite", nonfinite, V.NONFINITE_MODES)
+        self.ns_dtype = ns_dtype
+        self.nonfinite = nonfinite
+        self.skipped_steps = 0
+        # torch fills every group with `defaults`; the per-rule defaults are applied in add_param_group.
+        super().__init__(params, {"lr": lr, "weight_decay": weight_decay})
+
+    def _filled(self, group: dict[str, Any], algorithm: str) -> dict[str, Any]:
+        base = self.muon_defaults if algorithm == "muon" else self.adamw_defaults
+        filled = {**base, **group, "algorithm": algorithm}
+        if algorithm == "muon":
+            check_muon_group(filled)
+            for p in filled["params"]:
+                t = p[1] if isinstance(p, tuple) else p
+                if isinstance(t, Tensor) and t.ndim < 2:
+                    raise ValueError(
+                        f"a param group with algorithm='muon' holds a {t.ndim}-D parameter of shape "
+                        f"{tuple(t.shape)}; Muon needs >= 2-D (use algorithm='adamw')"
+                    )
+        else:
+            check_adamw_group(filled)
+        return filled
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        if not isinstance(param_group, dict):
+            raise TypeError(f"param_group must be a dict, got {type(param_group).__name__}")
+        params = param_group["params"]
+        if isinstance(params, Tensor):
+            params = [params]
+        elif isinstance(params, set):
+            raise TypeError("params must be an ordered collection (list), not a set")
+        params = list(params)
+        algorithm = param_group.get("algorithm")
+        if algorithm is not None:
+            V.check_choice("algorithm", algorithm, ALGORITHMS)
+            parts = [self._filled({**param_group, "params": params}, algorithm)]
+        else:
+            def ndim(p: Any) -> int:
+                return (p[1] if isinstance(p, tuple) else p).ndim
+
+            matrices = [p for p in params if ndim(p) >= 2]
+            others = [p for p in params if ndim(p) < 2]
+            parts = []
+            if matrices:
+                muon_part = {k: v for k, v in param_group.items() if not k.startswith("adamw_")}
+                parts.append(self._filled({**muon_part, "params": matrices}, "muon"))
+            if others:
+                parts.append(self._filled({**_adamw_part(param_group), "params": others}, "adamw"))
+            if not parts:
+                parts = [self._filled({**param_group, "params": []}, "muon")]
+        added = 0
+        try:
+            for part in parts:
+                super().add_param_group(part)
+                added += 1
+        except Exception:
+            del self.param_groups[len(self.param_groups) - added:]
+            raise
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group.setdefault("algorithm", "muon")
+            group.setdefault("decay", "lr")
+            if group["algorithm"] == "adamw":
+                for key, value in ADAMW_GROUP_DEFAULTS.items():
+                    group.setdefault(key, value)
+        self.__dict__.setdefault("skipped_steps", 0)
+
+    def state_dict(self) -> dict[str, Any]:
+        sd = super().state_dict()
+        sd["skipped_steps"] = self.skipped_steps
+        return sd
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state_dict = dict(state_dict)
+        skipped = state_dict.pop("skipped_steps", 0)
+        super().load_state_dict(state_dict)
+        self.skipped_steps = int(skipped)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        """One step: AdamW-rule groups through the fused AdamW kernel, Muon groups batched by shape."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            _recheck(group)
+        gathered = gather_checked_grads(self, self.nonfinite)
+        if gathered is None:
+            self.skipped_steps += 1
+            return loss
+
+        # Muon groups: momentum per group, then one orthogonalization call per (ns_steps, coefficients).
+        pending: dict[tuple[Any, Any], list[tuple[dict[str, Any], Tensor, Tensor]]] = {}
+        for group, params, grads in gathered:
+            if group["algorithm"] == "adamw":
+                adamw_group_update(self.state, group, params, grads)
+                continue
+            if not params:
+                continue
+            bufs = []
+            for p in params:
+                st = self.state[p]
+                if "momentum_buffer" not in st:
+                    st["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                bufs.append(st["momentum_buffer"])
+            updates = muon_momentum(bufs, grads, group["momentum"], group["nesterov"])
+            key = (group["ns_steps"], _coefficients_key(group["ns_coefficients"]))
+            pending.setdefault(key, []).extend((group, p, u) for p, u in zip(params, updates))
+
+        for (steps, coefficients), items in pending.items():
+            orthogonal = orthogonalize_updates(
+                [as_matrices(u) for _, _, u in items], steps=steps, coefficients=coefficients, dtype=self.ns_dtype
+            )
+            for (group, p, _), o in zip(items, orthogonal):
+                _apply_muon_update(p, o.reshape(p.shape), group)
+        return loss
+
+
+_MUON_ONLY_KEYS = frozenset({"lr", "weight_decay", "momentum", "nesterov", "ns_steps", "ns_coefficients", "lr_scale"})
+
+
+def _adamw_part(group: dict[str, Any]) -> dict[str, Any]:
+    """The AdamW-rule half of a group without ``algorithm``: its ``lr``/``weight_decay`` are Muon's, so
+    the AdamW half takes ``adamw_lr``/``adamw_weight_decay``/``adamw_betas``/``adamw_eps`` if the group
+    sets them (else the optimizer's ``adamw_*`` defaults) and every other key as given."""
+    part = {k: v for k, v in group.items() if k not in _MUON_ONLY_KEYS and not k.startswith("adamw_")}
+    for key in ("lr", "weight_decay", "betas", "eps"):
+        if f"adamw_{key}" in group:
+            part[key] = group[f"adamw_{key}"]
+    return part
+
+
+def _apply_muon_update(p: Tensor, o: Tensor, group: dict[str, Any]) -> None:
+    """``p ← p·(1 − lr·wd) − lr·scale·o`` (or ``p·(1 − wd)`` with decay="independent")."""
+    lr, wd = group["lr"], group["weight_decay"]
+    fan_out, fan_in = matrix_fans(p.shape)
+    scale = lr_scale(group["lr_scale"], fan_out, fan_in)
+    if wd != 0:
+        p.mul_(1.0 - (wd if group["decay"] == "independent" else lr * wd))
+    if isinstance(lr, Tensor):
+        p.sub_(o.to(p.dtype) * (lr * scale).to(p.dtype))
+    else:
+        p.add_(o.to(p.dtype), alpha=-lr * scale)
+
+
+def _recheck(group: dict[str, Any]) -> None:
+    lr = group["lr"]
+    if not isinstance(lr, Tensor):
+        V.check_lr("lr", lr)
+    V.check_nonnegative("weight_decay", group["weight_decay"])
