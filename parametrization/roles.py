@@ -1,0 +1,296 @@
+"""Which parameter is what: roles, weight layouts, and automatic role detection.
+
+Every parameter gets exactly one :class:`Role`. Roles live in a plain dict keyed by the
+parameter's fully-qualified name (FQN, as ``model.named_parameters()`` spells it), never as
+attributes on tensors: those are lost under ``copy.deepcopy``, ``state_dict`` round trips and
+FSDP2's ``fully_shard`` (see the muP survey, takeaway 2), while FQNs survive all three.
+
+Automatic detection (:func:`detect_roles`), in order of precedence:
+
+1. ``head``: the weight of ``model.get_output_embeddings()`` when the model has that method
+   (Hugging Face convention; returning ``None`` means "no head"); else a weight shared between an
+   embedding and a Linear-like module (tied embeddings); else the weight of the last Linear-like
+   module in module order (the readout of an MLP or a classifier).
+2. ``embedding``: the weight of an ``nn.Embedding`` / ``nn.EmbeddingBag``.
+3. ``vector``: every parameter with at most one dimension (norm weights, biases, gains).
+4. ``matrix``: the ``weight`` of a module whose weight layout is known (``nn.Linear``,
+   convolutions, transposed convolutions, Hugging Face ``Conv1D``, and whatever
+   :func:`register_layout` adds).
+5. Anything else (a raw ≥2-D ``nn.Parameter`` of a custom module) is ambiguous: detection raises
+   a ``ValueError`` naming the parameter and the ``roles={...}`` override that resolves it.
+
+User overrides are ``{glob: role}`` matched with :func:`fnmatch.fnmatchcase` against every name
+of a parameter (tied parameters have several); when several globs match, the last one wins.
+A glob that matches nothing is an error.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import Enum
+
+import torch.nn as nn
+
+__all__ = [
+    "Role",
+    "WeightLayout",
+    "RoleTable",
+    "detect_roles",
+    "register_layout",
+    "weight_layout",
+]
+
+
+class Role(str, Enum):
+    """The kind of a parameter, which decides its optimizer rule."""
+
+    EMBEDDING = "embedding"
+    """Token or position embedding tables (looked up by index)."""
+    HEAD = "head"
+    """The output / unembedding matrix, tied to the embedding or not."""
+    MATRIX = "matrix"
+    """Every other ≥2-D weight: attention, MLP, convolutions seen as matrices."""
+    VECTOR = "vector"
+    """Norm weights, biases and other ≤1-D parameters."""
+    MULTIPLIER = "multiplier"
+    """A learnable multiplier inserted by :func:`parametrization.parametrize`."""
+
+    def __str__(self) -> str:  # "matrix", not "Role.MATRIX", in tables and messages
+        return self.value
+
+
+_USER_ROLES = (Role.EMBEDDING, Role.HEAD, Role.MATRIX, Role.VECTOR)
+
+
+@dataclass(frozen=True)
+class WeightLayout:
+    """Where a module stores the output rows and input columns of its ``weight``.
+
+    ``row_dim`` is the axis indexed by output features (what a row multiplier ``r`` scales),
+    ``col_dim`` the axis indexed by input features (what ``c`` scales). Other axes (kernel
+    taps) are broadcast over.
+    """
+
+    row_dim: int = 0
+    col_dim: int = 1
+
+
+# Types are matched with isinstance; the string keys (module.qualname) match third-party types
+# without importing them, e.g. Hugging Face GPT-2's Conv1D, which stores its weight as (in, out).
+_LAYOUTS: dict[type, WeightLayout] = {
+    nn.Linear: WeightLayout(0, 1),
+    nn.Bilinear: WeightLayout(0, 2),
+    nn.Embedding: WeightLayout(0, 1),
+    nn.EmbeddingBag: WeightLayout(0, 1),
+    nn.Conv1d: WeightLayout(0, 1),
+    nn.Conv2d: WeightLayout(0, 1),
+    nn.Conv3d: WeightLayout(0, 1),
+    nn.ConvTranspose1d: WeightLayout(1, 0),
+    nn.ConvTranspose2d: WeightLayout(1, 0),
+    nn.ConvTranspose3d: WeightLayout(1, 0),
+}
+_LAYOUTS_BY_NAME: dict[str, WeightLayout] = {
+    "transformers.pytorch_utils.Conv1D": WeightLayout(1, 0),
+}
+_EMBEDDING_TYPES = (nn.Embedding, nn.EmbeddingBag)
+
+
+def register_layout(module_type: type | str, *, row_dim: int, col_dim: int) -> None:
+    """Teach role detection a Linear-like module type and where its weight keeps rows/columns.
+
+    Args:
+        module_type: the class, or its ``"module.QualName"`` string (so a type can be named
+            without importing its package).
+        row_dim: axis of ``weight`` indexed by output features.
+        col_dim: axis of ``weight`` indexed by input features.
+
+    Example: ``register_layout(MyConv1D, row_dim=1, col_dim=0)`` for a weight stored (in, out).
+    """
+    if row_dim == col_dim:
+        raise ValueError(f"row_dim and col_dim must differ, got row_dim={row_dim}, col_dim={col_dim}")
+    layout = WeightLayout(row_dim, col_dim)
+    if isinstance(module_type, str):
+        _LAYOUTS_BY_NAME[module_type] = layout
+    elif isinstance(module_type, type) and issubclass(module_type, nn.Module):
+        _LAYOUTS[module_type] = layout
+    else:
+        raise TypeError(f"module_type must be an nn.Module subclass or a 'module.QualName' string, got {module_type!r}")
+
+
+def weight_layout(module: nn.Module) -> WeightLayout | None:
+    """The :class:`WeightLayout` of ``module.weight``, or ``None`` for an unknown module type."""
+    for cls in type(module).__mro__:
+        name = f"{cls.__module__}.{cls.__qualname__}"
+        if name in _LAYOUTS_BY_NAME:
+            return _LAYOUTS_BY_NAME[name]
+        if cls in _LAYOUTS:
+            return _LAYOUTS[cls]
+    return None
+
+
+def _is_linear_like(module: nn.Module) -> bool:
+    return weight_layout(module) is not None and not isinstance(module, _EMBEDDING_TYPES)
+
+
+@dataclass
+class RoleTable:
+    """Roles keyed by FQN, plus the aliases of tied parameters.
+
+    ``roles`` has one entry per distinct parameter under its canonical (first) name;
+    ``aliases`` maps every other name of a tied parameter to its canonical name.
+    """
+
+    roles: dict[str, Role]
+    aliases: dict[str, str]
+
+    def role_of(self, fqn: str) -> Role:
+        """Role of the parameter called ``fqn`` (canonical name or alias)."""
+        key = self.aliases.get(fqn, fqn)
+        if key in self.roles:
+            return self.roles[key]
+        raise KeyError(fqn)
+
+    def all_names(self) -> dict[str, Role]:
+        """Every name, aliases included, mapped to its role."""
+        out = dict(self.roles)
+        out.update({alias: self.roles[canon] for alias, canon in self.aliases.items()})
+        return out
+
+
+def _parse_overrides(overrides: Mapping[str, str | Role] | None) -> list[tuple[str, Role]]:
+    if overrides is None:
+        return []
+    if not isinstance(overrides, Mapping):
+        raise TypeError(f"roles must be a mapping of FQN glob -> role, got {type(overrides).__name__}")
+    parsed = []
+    allowed = ", ".join(r.value for r in _USER_ROLES)
+    for glob, role in overrides.items():
+        if not isinstance(glob, str):
+            raise TypeError(f"roles keys must be FQN glob strings, got {glob!r}")
+        try:
+            parsed_role = Role(role)
+        except ValueError:
+            raise ValueError(f"roles[{glob!r}] = {role!r} is not a role; allowed: {allowed}") from None
+        if parsed_role is Role.MULTIPLIER:
+            raise ValueError(
+                f"roles[{glob!r}] = 'multiplier': that role is reserved for the multipliers that "
+                f"parametrize() inserts; allowed: {allowed}"
+            )
+        parsed.append((glob, parsed_role))
+    return parsed
+
+
+def detect_roles(model: nn.Module, overrides: Mapping[str, str | Role] | None = None) -> RoleTable:
+    """Assign a :class:`Role` to every parameter of ``model`` (see the module docstring).
+
+    Raises:
+        ValueError: an override names an unknown role or matches no parameter, or a parameter's
+            role cannot be decided; the message names the parameter and the fix.
+    """
+    parsed = _parse_overrides(overrides)
+
+    # All names of every parameter; tied parameters appear under several names. Tensor identity
+    # is used only here, during detection, never stored.
+    names_of: dict[int, list[str]] = {}
+    owners: dict[int, list[tuple[nn.Module, str]]] = {}
+    params: dict[int, nn.Parameter] = {}
+    for mod_name, module in model.named_modules(remove_duplicate=False):
+        for pname, p in module._parameters.items():
+            if p is None:
+                continue
+            fqn = f"{mod_name}.{pname}" if mod_name else pname
+            names = names_of.setdefault(id(p), [])
+            if fqn not in names:
+                names.append(fqn)
+                owners.setdefault(id(p), []).append((module, pname))
+            params[id(p)] = p
+    canonical = {pid: n for pid, n in ((pid, names[0]) for pid, names in names_of.items())}
+    # named_parameters() order defines the canonical name of a tied parameter.
+    for fqn, p in model.named_parameters():
+        canonical[id(p)] = fqn
+
+    # Overrides: last matching glob wins.
+    overridden: dict[int, Role] = {}
+    for glob, role in parsed:
+        hit = False
+        for pid, names in names_of.items():
+            if any(fnmatch.fnmatchcase(n, glob) for n in names):
+                overridden[pid] = role
+                hit = True
+        if not hit:
+            raise ValueError(
+                f"roles glob {glob!r} matches no parameter of {type(model).__name__}; "
+                f"parameter names look like {sorted(canonical.values())[:4]}"
+            )
+
+    head_ids = _auto_head(model, owners) if Role.HEAD not in overridden.values() else set()
+
+    roles: dict[str, Role] = {}
+    aliases: dict[str, str] = {}
+    problems: list[str] = []
+    for pid, names in names_of.items():
+        fqn = canonical[pid]
+        for n in names:
+            if n != fqn:
+                aliases[n] = fqn
+        if pid in overridden:
+            roles[fqn] = overridden[pid]
+            continue
+        p = params[pid]
+        mods = owners[pid]
+        if pid in head_ids:
+            roles[fqn] = Role.HEAD
+        elif any(isinstance(m, _EMBEDDING_TYPES) and pn == "weight" for m, pn in mods):
+            roles[fqn] = Role.EMBEDDING
+        elif p.ndim <= 1:
+            roles[fqn] = Role.VECTOR
+        elif any(weight_layout(m) is not None and pn == "weight" for m, pn in mods):
+            roles[fqn] = Role.MATRIX
+        else:
+            owner = type(mods[0][0]).__name__
+            problems.append(
+                f"{fqn!r} (shape {tuple(p.shape)}, a raw parameter of {owner})"
+            )
+    if problems:
+        raise ValueError(
+            "cannot decide the role of " + "; ".join(problems) + ". Pass roles={'<fqn or glob>': "
+            "'matrix' | 'embedding' | 'head' | 'vector'} to parametrize(), or teach the module "
+            "type with parametrization.register_layout(...)"
+        )
+    # Keep named_parameters() order.
+    order = [fqn for fqn, _ in model.named_parameters()]
+    roles = {fqn: roles[fqn] for fqn in order}
+    return RoleTable(roles=roles, aliases=aliases)
+
+
+def _auto_head(model: nn.Module, owners: dict[int, list[tuple[nn.Module, str]]]) -> set[int]:
+    """Parameter id of the output matrix, found as the module docstring describes."""
+    get_out = getattr(model, "get_output_embeddings", None)
+    if callable(get_out):
+        out = get_out()
+        if out is None:
+            return set()
+        if not isinstance(out, nn.Module) or out._parameters.get("weight") is None:
+            raise ValueError(
+                f"{type(model).__name__}.get_output_embeddings() returned {type(out).__name__}, "
+                "not a module with a 'weight' parameter; pass roles={'<fqn>': 'head'} instead"
+            )
+        return {id(out._parameters["weight"])}
+    for pid, mods in owners.items():
+        is_emb = any(isinstance(m, _EMBEDDING_TYPES) and pn == "weight" for m, pn in mods)
+        is_lin = any(_is_linear_like(m) and pn == "weight" for m, pn in mods)
+        if is_emb and is_lin:
+            return {pid}
+    last = None
+    for module in model.modules():
+        if isinstance(module, nn.Linear) or (_is_linear_like(module) and not _is_conv(module)):
+            w = module._parameters.get("weight")
+            if w is not None:
+                last = id(w)
+    return {last} if last is not None else set()
+
+
+def _is_conv(module: nn.Module) -> bool:
+    return isinstance(module, (nn.modules.conv._ConvNd,))
