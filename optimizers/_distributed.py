@@ -39,8 +39,8 @@ __all__ = [
     "orthogonalize_replicated",
 ]
 
-Orthogonalize = Callable[[Tensor], Tensor]
-"""Maps a stack ``[k, ..., m, n]`` of whole matrices to their orthogonalized stack (same shape)."""
+Orthogonalize = Callable[[list[Tensor]], list[Tensor]]
+"""Maps a list of whole (plain, local) ``[..., m, n]`` matrices to their orthogonalized matrices."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -95,23 +95,14 @@ def assign_owners(costs: Sequence[float], world_size: int) -> list[int]:
     return owners
 
 
-def _orthogonalize_stacked(mats: Sequence[Tensor], orthogonalize: Orthogonalize) -> list[Tensor]:
-    """Orthogonalize whole matrices locally, one batched call per (shape, dtype)."""
-    out: list[Tensor | None] = [None] * len(mats)
-    groups: dict[tuple, list[int]] = {}
-    for i, m in enumerate(mats):
-        groups.setdefault((tuple(m.shape), m.dtype), []).append(i)
-    for idx in groups.values():
-        result = orthogonalize(torch.stack([mats[i] for i in idx]))
-        for j, i in enumerate(idx):
-            out[i] = result[j]
-    return out  # type: ignore[return-value]
+def _default_orthogonalize(
+    steps: int, coefficients: str | Sequence[Sequence[float]], dtype: torch.dtype | None
+) -> Orthogonalize:
+    # Muon's own local path (same-shape batching, tall matrices transposed), so a sharded run does
+    # exactly the single-process arithmetic on each whole matrix. Lazy: muon.py imports this module.
+    from optimizers.muon import orthogonalize_updates
 
-
-def _default_orthogonalize(steps: int, coefficients: str, dtype: torch.dtype | None) -> Orthogonalize:
-    from optimizers.newton_schulz import newton_schulz  # lazy: avoid an import cycle with muon.py
-
-    return functools.partial(newton_schulz, steps=steps, coefficients=coefficients, dtype=dtype)
+    return functools.partial(orthogonalize_updates, steps=steps, coefficients=coefficients, dtype=dtype)
 
 
 # --------------------------------------------------------------------------------------------
@@ -123,7 +114,7 @@ def orthogonalize_dtensors(
     updates: Sequence[Tensor],
     *,
     steps: int = 5,
-    coefficients: str = "quintic",
+    coefficients: str | Sequence[Sequence[float]] = "quintic",
     dtype: torch.dtype | None = None,
     orthogonalize: Orthogonalize | None = None,
 ) -> list[Tensor]:
@@ -132,19 +123,22 @@ def orthogonalize_dtensors(
     Args:
         updates: ``[..., m, n]`` tensors; DTensors keep their mesh and placements in the result.
             Plain tensors are orthogonalized locally. The list must be the same on every rank.
-        steps, coefficients, dtype: passed to :func:`optimizers.newton_schulz` (unless
-            ``orthogonalize`` is given).
-        orthogonalize: optional replacement for Newton–Schulz; maps a stack ``[k, ..., m, n]`` to
-            an equally shaped stack.
+        steps, coefficients, dtype: Newton–Schulz settings, passed to Muon's local path
+            :func:`optimizers.muon.orthogonalize_updates` (unless ``orthogonalize`` is given).
+        orthogonalize: optional replacement for that local path: maps a list of whole plain
+            matrices to their orthogonalized matrices.
 
     Returns:
-        One tensor per update, of the same kind, global shape, mesh and placements.
+        One tensor per update, of the same kind, global shape, mesh and placements. Results of
+        regrouped and replicated updates come back in the update's dtype (the collectives need one
+        dtype known to every rank); the others in the orthogonalizer's output dtype.
     """
     orth = orthogonalize or _default_orthogonalize(steps, coefficients, dtype)
     out: list[Tensor | None] = [None] * len(updates)
     plain: list[int] = []
     regroup: dict[Hashable, list[int]] = {}  # mesh -> indices of dim-sharded matrices
     replicated: dict[Hashable, list[int]] = {}  # mesh -> indices of Replicate() DTensors
+    batch_sharded: list[int] = []  # Shard(d) on a batch dim: orthogonalized locally
     fallback: list[int] = []
     for i, u in enumerate(updates):
         if not isinstance(u, DTensor):
@@ -158,15 +152,21 @@ def orthogonalize_dtensors(
         elif mesh.ndim == 1 and isinstance(placements[0], Shard):
             dim = placements[0].dim % u.ndim
             if dim < u.ndim - 2:  # a batch dim: local slices are whole matrices
-                local = _orthogonalize_stacked([u.to_local()], orth)[0]
-                out[i] = DTensor.from_local(local, mesh, placements, shape=u.shape, stride=u.stride())
+                batch_sharded.append(i)
             else:
                 regroup.setdefault(mesh, []).append(i)
         else:
             fallback.append(i)
 
-    for i, r in zip(plain, _orthogonalize_stacked([updates[i] for i in plain], orth)):
+    for i, r in zip(plain, orth([updates[i] for i in plain]) if plain else []):
         out[i] = r
+    nonempty = [i for i in batch_sharded if updates[i].to_local().numel() > 0]
+    for i, r in zip(nonempty, orth([updates[i].to_local() for i in nonempty]) if nonempty else []):
+        out[i] = r
+    for i in batch_sharded:
+        u = updates[i]
+        local = out[i] if out[i] is not None else u.to_local().clone()
+        out[i] = DTensor.from_local(local, u.device_mesh, u.placements, shape=u.shape, stride=u.stride())
     for mesh, idx in regroup.items():
         for i, r in zip(idx, _regroup_orthogonalize([updates[i] for i in idx], orth)):
             out[i] = r
@@ -181,7 +181,7 @@ def orthogonalize_dtensors(
             out[i] = DTensor.from_local(r, u.device_mesh, u.placements, shape=u.shape, stride=u.stride())
     for i in sorted(fallback):
         u = updates[i]
-        full = _orthogonalize_stacked([u.full_tensor()], orth)[0]
+        full = orth([u.full_tensor()])[0]
         replicated_dt = DTensor.from_local(full, u.device_mesh, [Replicate()] * u.device_mesh.ndim)
         out[i] = replicated_dt.redistribute(u.device_mesh, u.placements)
     return out  # type: ignore[return-value]
@@ -237,7 +237,7 @@ def _regroup_orthogonalize(updates: Sequence[DTensor], orth: Orthogonalize) -> l
                 pieces[i].append(recv[offset : offset + n].view(shape))
                 offset += n
         whole = [torch.cat(pieces[i], dim=dims[i]) for i in owned]
-        orthed = dict(zip(owned, _orthogonalize_stacked(whole, orth)))
+        orthed = dict(zip(owned, (o.to(dtype_) for o in orth(whole)) if whole else []))
 
         # Backward: to each rank s, its rows/cols of every matrix I own (in list order).
         back = [
@@ -290,7 +290,7 @@ def orthogonalize_replicated(
     *,
     group: dist.ProcessGroup | None = None,
     steps: int = 5,
-    coefficients: str = "quintic",
+    coefficients: str | Sequence[Sequence[float]] = "quintic",
     dtype: torch.dtype | None = None,
     orthogonalize: Orthogonalize | None = None,
 ) -> list[Tensor]:
@@ -315,7 +315,7 @@ def orthogonalize_replicated(
         return []
     world = dist.get_world_size(group) if dist.is_available() and dist.is_initialized() else 1
     if world == 1:
-        return _orthogonalize_stacked(updates, orth)
+        return list(orth(list(updates)))
     rank = dist.get_rank(group)
     owners = assign_owners([newton_schulz_cost(u.shape) for u in updates], world)
     results: list[Tensor | None] = [None] * len(updates)
@@ -324,13 +324,13 @@ def orthogonalize_replicated(
         by_dtype.setdefault(u.dtype, []).append(i)
     for dtype_, idx in by_dtype.items():
         owned = [i for i in idx if owners[i] == rank]
-        mine = _orthogonalize_stacked([updates[i] for i in owned], orth)
+        mine = orth([updates[i] for i in owned]) if owned else []
         totals = [sum(updates[i].numel() for i in idx if owners[i] == j) for j in range(world)]
         width = max(totals)
         device = updates[idx[0]].device
         send = torch.zeros(width, dtype=dtype_, device=device)
         if mine:
-            send[: totals[rank]] = torch.cat([m.reshape(-1) for m in mine])
+            send[: totals[rank]] = torch.cat([m.reshape(-1).to(dtype_) for m in mine])
         gathered = torch.empty(world * width, dtype=dtype_, device=device)
         _all_gather_single(gathered, send, group=group)
         for j in range(world):

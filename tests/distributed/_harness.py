@@ -1,0 +1,79 @@
+"""Run many distributed scenarios in ONE spawn of W gloo/CPU processes.
+
+Spawning processes (and importing torch in each) is the slow part of a distributed test, so the
+suite spawns once per world size and runs every scenario in the same process group. Each scenario
+is a function ``fn(ctx) -> dict`` in :mod:`tests.distributed._scenarios`; its per-rank return values
+(or the traceback it raised) are saved and handed back to the parent, where the pytest tests make
+their assertions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import traceback
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+TIMEOUT_S = 120  # whole spawn; a collective that hangs fails the tests instead of the suite
+
+
+@dataclasses.dataclass
+class Context:
+    rank: int
+    world_size: int
+    workdir: Path  # shared by all ranks (and by the later spawns: checkpoints taken on W load on W')
+
+
+def _worker(rank: int, world_size: int, workdir: str, names: list[str]) -> None:
+    torch.set_num_threads(1)  # W processes share 2 cores
+    from tests.distributed import _scenarios
+
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{workdir}/store-{world_size}",
+        rank=rank,
+        world_size=world_size,
+        timeout=datetime.timedelta(seconds=60),
+    )
+    ctx = Context(rank, world_size, Path(workdir))
+    results: dict[str, object] = {}
+    for name in names:
+        try:
+            results[name] = getattr(_scenarios, name)(ctx)
+        except Exception:  # recorded and re-raised in the parent's test
+            results[name] = {"error": traceback.format_exc()}
+        dist.barrier()
+    torch.save(results, Path(workdir) / f"results-{world_size}-{rank}.pt")
+    dist.destroy_process_group()
+
+
+def run_scenarios(world_size: int, names: list[str], workdir: Path) -> dict[str, list[object]]:
+    """Spawn ``world_size`` processes, run ``names`` in order, return ``{name: [result per rank]}``."""
+    ctx = mp.start_processes(
+        _worker, args=(world_size, str(workdir), names), nprocs=world_size, join=False, start_method="spawn"
+    )
+    deadline = datetime.datetime.now() + datetime.timedelta(seconds=TIMEOUT_S)
+    try:
+        while not ctx.join(timeout=1):
+            if datetime.datetime.now() > deadline:
+                raise TimeoutError(f"distributed scenarios on {world_size} ranks did not finish in {TIMEOUT_S}s")
+    finally:
+        for p in ctx.processes:
+            if p.is_alive():
+                p.kill()
+    per_rank = [torch.load(workdir / f"results-{world_size}-{r}.pt", weights_only=False) for r in range(world_size)]
+    return {name: [res[name] for res in per_rank] for name in names}
+
+
+def scenario_results(results: dict[str, list[object]], name: str) -> list[dict]:
+    """The per-rank results of one scenario; raises with the worker traceback if any rank failed."""
+    per_rank = results[name]
+    for rank, res in enumerate(per_rank):
+        if isinstance(res, dict) and "error" in res:
+            raise AssertionError(f"scenario {name!r} failed on rank {rank}:\n{res['error']}")
+    return per_rank  # type: ignore[return-value]
+
