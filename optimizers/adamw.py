@@ -111,8 +111,8 @@ def adamw_group_update(
         if wd != 0:
             torch._foreach_mul_(params, 1.0 - wd)
         wd = 0.0
-    if path != "fused" and isinstance(lr, Tensor):
-        lr = float(lr)  # the foreach kernels take a Python-number lr unless capturable
+    if path == "foreach" and isinstance(lr, Tensor):
+        lr = float(lr)  # torch's foreach path takes a tensor lr only when capturable
     beta1, beta2 = group["betas"]
     _torch_adam(
         params,

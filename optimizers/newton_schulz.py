@@ -158,7 +158,8 @@ def newton_schulz(
 
 def _normalize(X: Tensor, scale: float, eps: float) -> Tensor:
     # Out of place: X may be (a view of) optimizer state; never normalize it in place.
-    norm = torch.linalg.vector_norm(X, dim=(-2, -1), keepdim=True, dtype=torch.float32)
+    # Accumulate the norm in at least fp32 (a bf16 sum of squares loses precision).
+    norm = torch.linalg.vector_norm(X, dim=(-2, -1), keepdim=True, dtype=torch.promote_types(X.dtype, torch.float32))
     if scale != 1.0:
         norm = norm * scale
     return X / norm.clamp_min(eps).to(X.dtype)
