@@ -93,6 +93,15 @@ class Placement:
 # --------------------------------------------------------------------------- module mixins
 
 
+def _is_dtensor(t: Tensor) -> bool:
+    if not torch.distributed.is_available():
+        return False
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(t, DTensor)
+
+
+
 class _Multiplied:
     """Mixin placed in front of the original class; the marker of a multiplied module."""
 
@@ -105,11 +114,24 @@ class _Multiplied:
         params = self._parameters  # type: ignore[attr-defined]
         return params["weight"], params.get(SCALAR), params.get(ROW), params.get(COL)
 
-    @property
-    def weight(self) -> Tensor:
-        """``W_eff = f·s·diag(r)·W·diag(c)`` (the raw ``W`` is ``_parameters['weight']``)."""
+    def _lrm_effective_weight(self) -> Tensor:
         w, s, r, c = self._lrm_tensors()
         return effective_weight(w, s, r, c, row_dim=self._lrm_row_dim, col_dim=self._lrm_col_dim, fixed=self._lrm_fixed)
+
+    @property
+    def weight(self) -> Tensor:
+        """``W_eff = f·s·diag(r)·W·diag(c)`` (the raw ``W`` is ``_parameters['weight']``).
+
+        Exception: while ``W`` is a DTensor (FSDP2's sharded state, between forwards) this returns
+        the raw ``W``: FSDP2 re-reads its parameter with ``getattr(module, "weight")`` at lazy init
+        and would otherwise adopt the computed ``W_eff`` (a non-leaf) as the parameter, so ``W``
+        would never get a gradient. FSDP2 runs forward on plain unsharded tensors, where this
+        property is ``W_eff`` again; the built-in forwards below never read it.
+        """
+        w = self._parameters["weight"]  # type: ignore[attr-defined]
+        if _is_dtensor(w):
+            return w
+        return self._lrm_effective_weight()
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):  # type: ignore[no-untyped-def]
         # A plain checkpoint has the weight but no multipliers: load them as 1 so the model
@@ -135,7 +157,7 @@ class _MultipliedLinear(_Multiplied):
         mode = self._lrm_compute
         if mode == "activation" or (mode == "auto" and prefers_activation_side(input.numel() // n, m, n)):
             return linear_activation_side(input, w, self.bias, s, r, c, fixed=self._lrm_fixed)  # type: ignore[attr-defined]
-        return F.linear(input, self.weight, self.bias)  # type: ignore[attr-defined]
+        return F.linear(input, self._lrm_effective_weight(), self.bias)  # type: ignore[attr-defined]
 
 
 class _MultipliedEmbedding(_Multiplied):
@@ -149,7 +171,7 @@ class _MultipliedEmbedding(_Multiplied):
             y = F.embedding(input, w, self.padding_idx, None, 2.0, self.scale_grad_by_freq, self.sparse)  # type: ignore[attr-defined]
             return embedding_activation_side(y, input, s, r, c, fixed=self._lrm_fixed)
         return F.embedding(
-            input, self.weight, self.padding_idx, self.max_norm, self.norm_type, self.scale_grad_by_freq, self.sparse  # type: ignore[attr-defined]
+            input, self._lrm_effective_weight(), self.padding_idx, self.max_norm, self.norm_type, self.scale_grad_by_freq, self.sparse  # type: ignore[attr-defined]
         )
 
 
