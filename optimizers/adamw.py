@@ -193,6 +193,12 @@ class AdamW(Optimizer):
         check_adamw_group({**self.defaults, **param_group})
         super().add_param_group(param_group)
 
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state["nonfinite"] = self.nonfinite
+        state["skipped_steps"] = self.skipped_steps
+        return state
+
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         for group in self.param_groups:  # state_dicts from torch.optim.AdamW lack our keys

@@ -90,6 +90,7 @@ def orthogonalize_updates(
     steps: int,
     coefficients: str | Sequence[Sequence[float]],
     dtype: torch.dtype | None,
+    group: Any = None,
 ) -> list[Tensor]:
     """Newton–Schulz of every update, batching same-shaped matrices into one call.
 
@@ -97,12 +98,18 @@ def orthogonalize_updates(
     matrices are transposed to the wide orientation first, so e.g. 2048×512 and 512×2048 share a batch.
     Results are in the compute dtype (``dtype``, or bf16 on CUDA / fp32 elsewhere), one per update, in
     order. If any update is a ``DTensor`` the whole list goes to
-    ``optimizers._distributed.orthogonalize_dtensors`` (same signature).
+    ``optimizers._distributed.orthogonalize_dtensors`` (same signature); with a process ``group``
+    (DDP: the same updates on every rank) to ``optimizers._distributed.orthogonalize_replicated``,
+    which gives each rank ~1/W of the matrices and all-gathers the results.
     """
     if any(_is_dtensor(u) for u in updates):
         from ._distributed import orthogonalize_dtensors  # lazy: only needed for sharded updates
 
         return orthogonalize_dtensors(updates, steps=steps, coefficients=coefficients, dtype=dtype)
+    if group is not None:
+        from ._distributed import orthogonalize_replicated
+
+        return orthogonalize_replicated(updates, group=group, steps=steps, coefficients=coefficients, dtype=dtype)
 
     wide: list[Tensor] = []
     buckets: dict[tuple[Any, ...], list[int]] = {}
@@ -171,6 +178,11 @@ class Muon(Optimizer):
             (3e-4, (0.9, 0.95), 1e-8, 0.0).
         decay: ``"lr"`` or ``"independent"`` weight decay for both rules (per-group key ``decay``).
         nonfinite: ``None``, ``"raise"`` or ``"skip"`` (as :class:`optimizers.AdamW`).
+        process_group: under DDP, the data-parallel ``ProcessGroup`` (or ``torch.distributed.group.WORLD``)
+            to split the Newton–Schulz work over: each rank orthogonalizes ~1/W of the matrices and the
+            results are all-gathered. Every rank must step with the same (all-reduced) gradients.
+            ``None`` (default): each rank orthogonalizes all its plain-tensor updates. FSDP2 (DTensor)
+            parameters need nothing: their work is always split over their mesh.
     """
 
     def __init__(
@@ -191,6 +203,7 @@ class Muon(Optimizer):
         adamw_weight_decay: float = 0.0,
         decay: Literal["lr", "independent"] = "lr",
         nonfinite: Literal["raise", "skip"] | None = None,
+        process_group: Any = None,
     ) -> None:
         self.muon_defaults: dict[str, Any] = dict(
             lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay, decay=decay,
@@ -206,6 +219,7 @@ class Muon(Optimizer):
         V.check_choice("nonfinite", nonfinite, V.NONFINITE_MODES)
         self.ns_dtype = ns_dtype
         self.nonfinite = nonfinite
+        self.process_group = process_group
         self.skipped_steps = 0
         # torch fills every group with `defaults`; the per-rule defaults are applied in add_param_group.
         super().__init__(params, {"lr": lr, "weight_decay": weight_decay})
@@ -262,6 +276,12 @@ class Muon(Optimizer):
             del self.param_groups[len(self.param_groups) - added:]
             raise
 
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        for key in ("muon_defaults", "adamw_defaults", "ns_dtype", "nonfinite", "skipped_steps", "process_group"):
+            state[key] = getattr(self, key)
+        return state
+
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         for group in self.param_groups:
@@ -270,7 +290,8 @@ class Muon(Optimizer):
             if group["algorithm"] == "adamw":
                 for key, value in ADAMW_GROUP_DEFAULTS.items():
                     group.setdefault(key, value)
-        self.__dict__.setdefault("skipped_steps", 0)
+        for key, value in (("skipped_steps", 0), ("nonfinite", None), ("ns_dtype", None), ("process_group", None)):
+            self.__dict__.setdefault(key, value)
 
     def state_dict(self) -> dict[str, Any]:
         sd = super().state_dict()
@@ -317,7 +338,8 @@ class Muon(Optimizer):
 
         for (steps, coefficients), items in pending.items():
             orthogonal = orthogonalize_updates(
-                [as_matrices(u) for _, _, u in items], steps=steps, coefficients=coefficients, dtype=self.ns_dtype
+                [as_matrices(u) for _, _, u in items], steps=steps, coefficients=coefficients, dtype=self.ns_dtype,
+                group=self.process_group,
             )
             for (group, p, _), o in zip(items, orthogonal):
                 _apply_muon_update(p, o.reshape(p.shape), group)
