@@ -81,3 +81,262 @@ def orthogonalize_replicated(ctx: Context) -> dict:
         "shapes_orthogonalized": counter.shapes,
         "n": len(shapes),
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# Muon + parametrization on the reference GPT under FSDP2 / DDP
+# ---------------------------------------------------------------------------------------------
+
+import contextlib  # noqa: E402
+
+import torch.distributed as dist  # noqa: E402
+from torch.distributed.fsdp import fully_shard  # noqa: E402
+
+import optimizers  # noqa: E402
+import optimizers.muon as muon_module  # noqa: E402
+import parametrization as P  # noqa: E402
+from reference_models import GPT, GPTConfig  # noqa: E402
+
+GLOBAL_BATCH = 6  # divisible by 2 and 3 ranks
+STEPS = 3
+
+
+def tiny_config() -> GPTConfig:
+    # d_mlp = 37 and vocab 255 give uneven FSDP2 shards on 2 and on 3 ranks (gate/up/down, wte, lm_head).
+    return GPTConfig(vocab_size=255, seq_len=16, n_layer=2, d_model=48, n_head=4, n_kv_head=2, d_mlp=37)
+
+
+def batches(steps: int, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 255, (steps, GLOBAL_BATCH, 17), generator=gen)
+
+
+def build(multipliers: str):
+    torch.manual_seed(0)
+    model = GPT(tiny_config())
+    mp = P.parametrize(model, multipliers=multipliers)
+    return model, mp
+
+
+def make_optimizer(mp, **kw) -> optimizers.Muon:
+    groups = mp.param_groups("muon", lr=0.02, weight_decay=0.1, adamw_lr=3e-3)
+    return optimizers.Muon(groups, **kw)
+
+
+def shard_fsdp(model: torch.nn.Module, mesh) -> None:
+    for block in model.blocks:
+        fully_shard(block, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+
+
+def full_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    out = {}
+    for k, v in model.state_dict().items():
+        if isinstance(v, DTensor):
+            v = v.full_tensor()
+        out[k.removeprefix("module.")] = v.detach().clone()
+    return out
+
+
+def max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    if a.keys() != b.keys():
+        raise KeyError(f"state keys differ: {sorted(a.keys() ^ b.keys())}")
+    return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+
+
+def train(model, opt, mp, data: torch.Tensor, rank: int, world: int, clip: float | None) -> list[float]:
+    """``len(data)`` steps; this rank takes its slice of every global batch. Returns clip norms."""
+    per = data.shape[1] // world
+    norms = []
+    for batch in data:
+        x = batch[rank * per : (rank + 1) * per]
+        loss = model(x[:, :-1], x[:, 1:])
+        loss.backward()
+        if clip is not None:
+            norm = mp.clip_grad_norm_(clip)
+            norms.append((norm.full_tensor() if isinstance(norm, DTensor) else norm).item())
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return norms
+
+
+def reference(multipliers: str, data: torch.Tensor, clip: float | None):
+    model, mp = build(multipliers)
+    opt = make_optimizer(mp)
+    norms = train(model, opt, mp, data, 0, 1, clip)
+    return model, mp, norms
+
+
+@contextlib.contextmanager
+def count_newton_schulz(counts: list[int]):
+    """Count the whole matrices this rank hands to Newton–Schulz (through Muon's local path)."""
+    original = muon_module.newton_schulz
+
+    def counting(x, *args, **kwargs):
+        counts.append(x.shape[0] if x.ndim == 3 else 1)
+        return original(x, *args, **kwargs)
+
+    muon_module.newton_schulz = counting
+    try:
+        yield
+    finally:
+        muon_module.newton_schulz = original
+
+
+def _n_muon_matrices(opt) -> int:
+    return sum(len(g["params"]) for g in opt.param_groups if g["algorithm"] == "muon")
+
+
+def _fsdp_parity(ctx: Context, multipliers: str, clip: float | None) -> dict:
+    data = batches(STEPS)
+    ref_model, _, ref_norms = reference(multipliers, data, clip)
+    mesh = init_device_mesh("cpu", (ctx.world_size,))
+    model, mp = build(multipliers)
+    shard_fsdp(model, mesh)
+    opt = make_optimizer(mp)
+    counts: list[int] = []
+    with count_newton_schulz(counts):
+        norms = train(model, opt, mp, data, ctx.rank, ctx.world_size, clip)
+    uneven = [n for n, p in model.named_parameters() if p.shape[0] % ctx.world_size]
+    return {
+        "max_diff": max_diff(full_state(model), full_state(ref_model)),
+        "norms": norms,
+        "ref_norms": ref_norms,
+        "ns_matrices_per_step": sum(counts) / STEPS,
+        "n_muon_matrices": _n_muon_matrices(opt),
+        "uneven_params": uneven,
+        "all_dtensor": all(isinstance(p, DTensor) for p in model.parameters()),
+    }
+
+
+@contextlib.contextmanager
+def orthogonalize_local_shards():
+    """The common bug this library must not have: Newton–Schulz on each rank's local shard alone."""
+    original = _distributed.orthogonalize_dtensors
+
+    def naive(updates, *, steps, coefficients, dtype):
+        locals_ = muon_module.orthogonalize_updates(
+            [u.to_local() for u in updates], steps=steps, coefficients=coefficients, dtype=dtype
+        )
+        return [
+            DTensor.from_local(o, u.device_mesh, u.placements, shape=u.shape, stride=u.stride())
+            for o, u in zip(locals_, updates)
+        ]
+
+    _distributed.orthogonalize_dtensors = naive
+    try:
+        yield
+    finally:
+        _distributed.orthogonalize_dtensors = original
+
+
+def fsdp_muon_plain(ctx: Context) -> dict:
+    result = _fsdp_parity(ctx, "none", clip=None)
+    with orthogonalize_local_shards():
+        result["shard_alone_max_diff"] = _fsdp_parity(ctx, "none", clip=None)["max_diff"]
+    return result
+
+
+def fsdp_muon_multipliers(ctx: Context) -> dict:
+    return _fsdp_parity(ctx, "vector", clip=0.05)
+
+
+def ddp_muon_multipliers(ctx: Context) -> dict:
+    from torch.nn.parallel import DistributedDataParallel
+
+    data = batches(STEPS)
+    ref_model, _, ref_norms = reference("vector", data, clip=0.05)
+    model, mp = build("vector")
+    ddp = DistributedDataParallel(model)
+    opt = make_optimizer(mp, process_group=dist.group.WORLD)
+    counts: list[int] = []
+    with count_newton_schulz(counts):
+        norms = train(ddp, opt, mp, data, ctx.rank, ctx.world_size, clip=0.05)
+    return {
+        "max_diff": max_diff(full_state(model), full_state(ref_model)),
+        "norms": norms,
+        "ref_norms": ref_norms,
+        "ns_matrices_per_step": sum(counts) / STEPS,
+        "n_muon_matrices": _n_muon_matrices(opt),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Distributed checkpoints (torch.distributed.checkpoint) of model + optimizer under FSDP2
+# ---------------------------------------------------------------------------------------------
+
+import torch.distributed.checkpoint as dcp  # noqa: E402
+from torch.distributed.checkpoint.state_dict import (  # noqa: E402
+    StateDictOptions,
+    get_optimizer_state_dict,
+    get_state_dict,
+    set_state_dict,
+)
+
+CKPT_STEPS, RESUME_STEPS = 2, 2
+
+
+def _sharded_setup(ctx: Context):
+    mesh = init_device_mesh("cpu", (ctx.world_size,))
+    model, mp = build("vector")
+    shard_fsdp(model, mesh)
+    return model, mp, make_optimizer(mp)
+
+
+def _full_optimizer_state(model, opt) -> dict[str, torch.Tensor]:
+    """Optimizer state as full tensors keyed ``fqn/state_key`` (collective: every rank calls it)."""
+    osd = get_optimizer_state_dict(model, opt, options=StateDictOptions(full_state_dict=True))
+    return {f"{fqn}/{k}": torch.as_tensor(v).detach().clone() for fqn, st in osd["state"].items() for k, v in st.items()}
+
+
+def _save(model, opt, path) -> None:
+    msd, osd = get_state_dict(model, opt)
+    dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(path))
+
+
+def _load(model, opt, path) -> None:
+    msd, osd = get_state_dict(model, opt)
+    state = {"model": msd, "optim": osd}
+    dcp.load(state, checkpoint_id=str(path))
+    set_state_dict(model, opt, model_state_dict=state["model"], optim_state_dict=state["optim"])
+
+
+def fsdp_checkpoint_resume(ctx: Context) -> dict:
+    """Save after CKPT_STEPS, continue; then load into a fresh model/optimizer and continue the same."""
+    data = batches(CKPT_STEPS + RESUME_STEPS, seed=1)
+    path = ctx.workdir / f"ckpt-{ctx.world_size}"
+    model, mp, opt = _sharded_setup(ctx)
+    train(model, opt, mp, data[:CKPT_STEPS], ctx.rank, ctx.world_size, clip=None)
+    _save(model, opt, path)
+    at_ckpt = full_state(model), _full_optimizer_state(model, opt)
+    train(model, opt, mp, data[CKPT_STEPS:], ctx.rank, ctx.world_size, clip=None)
+    uninterrupted = full_state(model), _full_optimizer_state(model, opt)
+
+    model2, mp2, opt2 = _sharded_setup(ctx)
+    _load(model2, opt2, path)
+    loaded = full_state(model2), _full_optimizer_state(model2, opt2)
+    train(model2, opt2, mp2, data[CKPT_STEPS:], ctx.rank, ctx.world_size, clip=None)
+    resumed = full_state(model2), _full_optimizer_state(model2, opt2)
+    if ctx.rank == 0:
+        torch.save({"at_ckpt": at_ckpt, "uninterrupted": uninterrupted}, ctx.workdir / f"states-{ctx.world_size}.pt")
+    return {
+        "n_optimizer_state": len(at_ckpt[1]),
+        "load_diff": max(max_diff(loaded[0], at_ckpt[0]), max_diff(loaded[1], at_ckpt[1])),
+        "resume_diff": max(max_diff(resumed[0], uninterrupted[0]), max_diff(resumed[1], uninterrupted[1])),
+        "moved": max_diff(uninterrupted[0], at_ckpt[0]),
+    }
+
+
+def fsdp_checkpoint_reshard_from_2(ctx: Context) -> dict:
+    """Load the 2-rank checkpoint on this world size and continue the same global batches."""
+    data = batches(CKPT_STEPS + RESUME_STEPS, seed=1)
+    saved = torch.load(ctx.workdir / "states-2.pt", weights_only=False)
+    model, mp, opt = _sharded_setup(ctx)
+    _load(model, opt, ctx.workdir / "ckpt-2")
+    loaded = full_state(model), _full_optimizer_state(model, opt)
+    train(model, opt, mp, data[CKPT_STEPS:], ctx.rank, ctx.world_size, clip=None)
+    resumed = full_state(model), _full_optimizer_state(model, opt)
+    return {
+        "load_diff": max(max_diff(loaded[0], saved["at_ckpt"][0]), max_diff(loaded[1], saved["at_ckpt"][1])),
+        "resume_diff": max(max_diff(resumed[0], saved["uninterrupted"][0]), max_diff(resumed[1], saved["uninterrupted"][1])),
+    }

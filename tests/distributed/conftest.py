@@ -8,8 +8,23 @@ from tests.distributed._harness import run_scenarios
 
 # In order: the 2-rank run saves the checkpoint that the 3-rank run reshards.
 SCENARIOS = {
-    2: ["orthogonalize_primitive", "orthogonalize_replicated"],
-    3: ["orthogonalize_primitive", "orthogonalize_replicated"],
+    2: [
+        "orthogonalize_primitive",
+        "orthogonalize_replicated",
+        "fsdp_muon_plain",
+        "fsdp_muon_multipliers",
+        "ddp_muon_multipliers",
+        "fsdp_checkpoint_resume",
+    ],
+    3: [
+        "orthogonalize_primitive",
+        "orthogonalize_replicated",
+        "fsdp_muon_plain",
+        "fsdp_muon_multipliers",
+        "ddp_muon_multipliers",
+        "fsdp_checkpoint_resume",
+        "fsdp_checkpoint_reshard_from_2",
+    ],
 }
 
 

@@ -1,0 +1,53 @@
+"""Muon (± learnable multipliers) on the reference GPT under FSDP2 and DDP vs one process."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from tests.distributed._harness import scenario_results
+
+TOL = 1e-5  # fp32, a few steps: reduction order is the only difference from one process
+
+pytestmark = pytest.mark.distributed
+
+
+@pytest.mark.parametrize("scenario", ["fsdp_muon_plain", "fsdp_muon_multipliers", "ddp_muon_multipliers"])
+def test_distributed_muon_matches_single_process(dist_results, scenario):
+    results, world = dist_results
+    for rank, res in enumerate(scenario_results(results, scenario)):
+        assert res["max_diff"] < TOL, (rank, res["max_diff"])
+
+
+@pytest.mark.parametrize("scenario", ["fsdp_muon_plain", "fsdp_muon_multipliers"])
+def test_fsdp_run_has_uneven_dtensor_shards(dist_results, scenario):
+    results, world = dist_results
+    res = scenario_results(results, scenario)[0]
+    assert res["all_dtensor"]
+    assert any(name.endswith("gate_proj.weight") for name in res["uneven_params"]), res["uneven_params"]
+
+
+def test_fsdp_parity_check_fails_when_shards_are_orthogonalized_alone(dist_results):
+    results, world = dist_results
+    for res in scenario_results(results, "fsdp_muon_plain"):
+        assert res["shard_alone_max_diff"] > 100 * TOL, res["shard_alone_max_diff"]
+
+
+@pytest.mark.parametrize("scenario", ["fsdp_muon_plain", "fsdp_muon_multipliers", "ddp_muon_multipliers"])
+def test_newton_schulz_work_is_split_across_ranks(dist_results, scenario):
+    results, world = dist_results
+    per_rank = scenario_results(results, scenario)
+    n = per_rank[0]["n_muon_matrices"]
+    counts = [res["ns_matrices_per_step"] for res in per_rank]
+    assert sum(counts) == n, counts  # every matrix exactly once per step, none redone
+    assert max(counts) <= math.ceil(n / world) + 1, counts
+
+
+@pytest.mark.parametrize("scenario", ["fsdp_muon_multipliers", "ddp_muon_multipliers"])
+def test_clip_grad_norm_is_the_global_norm(dist_results, scenario):
+    results, world = dist_results
+    for res in scenario_results(results, scenario):
+        assert len(res["norms"]) == len(res["ref_norms"]) > 0
+        for got, want in zip(res["norms"], res["ref_norms"]):
+            assert got == pytest.approx(want, rel=1e-5)
