@@ -282,7 +282,7 @@ def detach(module: nn.Module) -> None:
     if not is_multiplied(module):
         raise ValueError(f"{type(module).__name__} carries no multipliers to fold")
     w = module._parameters["weight"]
-    w_eff = module.weight
+    w_eff = module._lrm_effective_weight()  # not module.weight: that is the raw W while W is a DTensor
     w.copy_(w_eff)
     for name in MULTIPLIER_NAMES:
         module._parameters.pop(name, None)
