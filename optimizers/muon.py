@@ -126,7 +126,8 @@ def orthogonalize_updates(
             batch = wide[idx[0]]
         else:
             batch = torch.cat([wide[i].reshape(-1, *mn) for i in idx])
-        result = newton_schulz(batch, steps=steps, coefficients=coefficients, dtype=dtype)
+        # A fresh stack is ours, so NS may normalize it in place; a lone update is read only.
+        result = newton_schulz(batch, steps=steps, coefficients=coefficients, dtype=dtype, _overwrite_input=len(idx) > 1)
         if len(idx) == 1:
             pieces = [result]
         else:

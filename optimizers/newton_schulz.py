@@ -11,7 +11,7 @@ so iterating ``X ← p_k(X)`` after scaling ``X = G / ‖G‖_F`` (which puts ev
 singular values towards 1 while keeping ``U`` and ``V``. Per step we compute, on the wide orientation
 (m ≤ n, so the Gram matrix ``A = X Xᵀ`` is the small m×m one)::
 
-    A = X Xᵀ;   B = b·A + c·A A;   X ← a·X + B X            (4·m²·n + 2·m³ FLOPs)
+    A = X Xᵀ;   B = b·A + c·A A;   X ← a·X + B X = (B + a·I) X      (4·m²·n + 2·m³ FLOPs)
 
 Coefficient schedules (``coefficients=``):
 
@@ -111,6 +111,8 @@ def newton_schulz(
     coefficients: str | Sequence[Sequence[float]] = "quintic",
     eps: float = 1e-7,
     dtype: torch.dtype | None = None,
+    *,
+    _overwrite_input: bool = False,
 ) -> Tensor:
     """Approximate the polar factor ``U Vᵀ`` of every matrix in ``G`` (shape ``[..., m, n]``).
 
@@ -124,6 +126,7 @@ def newton_schulz(
         coefficients: ``"quintic"`` (default), ``"polar_express"`` or a sequence of (a, b, c).
         eps: floor of the normalizing norm (default 1e-7), so a zero matrix maps to zero.
         dtype: compute dtype; ``None`` picks bfloat16 on CUDA and float32 elsewhere.
+        _overwrite_input: private; the caller owns ``G`` (a fresh stack) and lets it be reused as a buffer.
 
     Returns:
         A new tensor of ``G``'s shape in the compute dtype.
@@ -149,29 +152,46 @@ def newton_schulz(
     tall = m > n
     if tall:
         X = X.mT
-    X = _normalize(X.to(dtype), schedule.norm_scale, eps)
+    X = _normalize(X, schedule.norm_scale, eps, dtype, overwrite=_overwrite_input)
     X = _iterate(X, schedule, steps)
     if tall:
         X = X.mT
     return X.reshape(shape)
 
 
-def _normalize(X: Tensor, scale: float, eps: float) -> Tensor:
-    # Out of place: X may be (a view of) optimizer state; never normalize it in place.
+def _normalize(X: Tensor, scale: float, eps: float, dtype: torch.dtype, overwrite: bool = False) -> Tensor:
+    """``X / max(scale·‖X‖_F, eps)`` per matrix, into a new contiguous tensor of ``dtype``.
+
+    Out of place unless ``overwrite``: ``X`` may be (a view of) optimizer state, which must never be
+    normalized in place.
+    """
     # Accumulate the norm in at least fp32 (a bf16 sum of squares loses precision).
     norm = torch.linalg.vector_norm(X, dim=(-2, -1), keepdim=True, dtype=torch.promote_types(X.dtype, torch.float32))
     if scale != 1.0:
         norm = norm * scale
-    return X / norm.clamp_min(eps).to(X.dtype)
+    if overwrite and X.dtype == dtype and X.is_contiguous():
+        return X.div_(norm.clamp_min(eps))
+    out = torch.empty(X.shape, dtype=dtype, device=X.device)
+    return torch.div(X, norm.clamp_min(eps), out=out)
 
 
 def _iterate(X: Tensor, schedule: _Schedule, steps: int) -> Tensor:
-    """``steps`` iterations on a batch ``[b, m, n]`` with m ≤ n (already normalized)."""
+    """``steps`` iterations on a batch ``[b, m, n]`` with m ≤ n (already normalized).
+
+    ``a·X + B·X`` is computed as ``(B + a·I)·X``: the ``a`` goes onto B's diagonal (m values) instead of a
+    scaled copy of X (m·n values), and every product writes into preallocated double buffers.
+    """
+    batch, m, n = X.shape
+    A = X.new_empty(batch, m, m)
+    B = X.new_empty(batch, m, m)
+    spare = torch.empty_like(X, memory_format=torch.contiguous_format)
     for k in range(steps):
         a, b, c = schedule.at(k)
-        A = torch.bmm(X, X.mT)
-        B = torch.baddbmm(A, A, A, beta=b, alpha=c)
-        X = torch.baddbmm(X, B, X, beta=a, alpha=1.0)
+        torch.bmm(X, X.mT, out=A)
+        torch.baddbmm(A, A, A, beta=b, alpha=c, out=B)
+        B.diagonal(dim1=-2, dim2=-1).add_(a)
+        torch.bmm(B, X, out=spare)
+        X, spare = spare, X
     return X
 
 
