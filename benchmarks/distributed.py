@@ -52,8 +52,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def setup() -> tuple[int, int, torch.device]:
-    """Join the process group torchrun describes (a single process also works: W = 1)."""
+def setup() -> tuple[int, int, torch.device, bool]:
+    """Join the process group torchrun describes (a single process also works: W = 1).
+
+    Returns ``(rank, world_size, device, created)``; an already initialized group is reused
+    (``created`` False), which lets tests call :func:`main` inside their own processes.
+    """
+    if dist.is_initialized():
+        backend = dist.get_backend()
+        device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
+        return dist.get_rank(), dist.get_world_size(), device, False
     os.environ.setdefault("RANK", "0")
     os.environ.setdefault("WORLD_SIZE", "1")
     os.environ.setdefault("LOCAL_RANK", "0")
@@ -69,12 +77,12 @@ def setup() -> tuple[int, int, torch.device]:
         dist.init_process_group("gloo")
         # Ranks share the machine's cores.
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // dist.get_world_size()))
-    return dist.get_rank(), dist.get_world_size(), device
+    return dist.get_rank(), dist.get_world_size(), device, True
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    rank, world, device = setup()
+    rank, world, device, created = setup()
     try:
         model_config = GPTConfig.preset(args.preset)
         cfg = TrainConfig(
@@ -151,7 +159,8 @@ def main(argv: list[str] | None = None) -> dict:
                 args.json.write_text(json.dumps(summary, indent=2))
         return summary
     finally:
-        dist.destroy_process_group()
+        if created:
+            dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -164,7 +164,11 @@ def reference(multipliers: str, data: torch.Tensor, clip: float | None):
     model, mp = build(multipliers)
     opt = make_optimizer(mp)
     norms = train(model, opt, mp, data, 0, 1, clip)
-    return model, mp, norms
+    return model, mp, norms, group_summary(opt)
+
+
+def group_summary(opt) -> list[tuple]:
+    return [(g.get("role"), g["algorithm"], len(g["params"]), g["lr"], g["weight_decay"]) for g in opt.param_groups]
 
 
 @contextlib.contextmanager
@@ -189,9 +193,10 @@ def _n_muon_matrices(opt) -> int:
 
 def _fsdp_parity(ctx: Context, multipliers: str, clip: float | None) -> dict:
     data = batches(STEPS)
-    ref_model, _, ref_norms = reference(multipliers, data, clip)
+    ref_model, ref_mp, ref_norms, ref_groups = reference(multipliers, data, clip)
     mesh = init_device_mesh("cpu", (ctx.world_size,))
     model, mp = build(multipliers)
+    roles_before = mp.roles
     shard_fsdp(model, mesh)
     opt = make_optimizer(mp)
     counts: list[int] = []
@@ -206,6 +211,9 @@ def _fsdp_parity(ctx: Context, multipliers: str, clip: float | None) -> dict:
         "n_muon_matrices": _n_muon_matrices(opt),
         "uneven_params": uneven,
         "all_dtensor": all(isinstance(p, DTensor) for p in model.parameters()),
+        "roles_kept": mp.roles == roles_before == ref_mp.roles,
+        "n_multipliers": len(mp.multiplier_parameters()),
+        "groups_match": group_summary(opt) == ref_groups,
     }
 
 
@@ -245,7 +253,7 @@ def ddp_muon_multipliers(ctx: Context) -> dict:
     from torch.nn.parallel import DistributedDataParallel
 
     data = batches(STEPS)
-    ref_model, _, ref_norms = reference("vector", data, clip=0.05)
+    ref_model, _, ref_norms, ref_groups = reference("vector", data, clip=0.05)
     model, mp = build("vector")
     ddp = DistributedDataParallel(model)
     opt = make_optimizer(mp, process_group=dist.group.WORLD)
@@ -258,6 +266,7 @@ def ddp_muon_multipliers(ctx: Context) -> dict:
         "ref_norms": ref_norms,
         "ns_matrices_per_step": sum(counts) / STEPS,
         "n_muon_matrices": _n_muon_matrices(opt),
+        "groups_match": group_summary(opt) == ref_groups,
     }
 
 
@@ -340,3 +349,37 @@ def fsdp_checkpoint_reshard_from_2(ctx: Context) -> dict:
         "load_diff": max(max_diff(loaded[0], saved["at_ckpt"][0]), max_diff(loaded[1], saved["at_ckpt"][1])),
         "resume_diff": max(max_diff(resumed[0], saved["uninterrupted"][0]), max_diff(resumed[1], saved["uninterrupted"][1])),
     }
+
+
+def fsdp_fold(ctx: Context) -> dict:
+    """Fold the multipliers of an FSDP2-trained model; its full state dict is the folded reference's."""
+    data = batches(STEPS)
+    ref_model, ref_mp, _, _ = reference("vector", data, clip=None)
+    ref_mp.fold()
+    mesh = init_device_mesh("cpu", (ctx.world_size,))
+    model, mp = build("vector")
+    shard_fsdp(model, mesh)
+    train(model, make_optimizer(mp), mp, data, ctx.rank, ctx.world_size, clip=None)
+    mp.fold()
+    folded = full_state(model)
+    plain = GPT(tiny_config())
+    plain.load_state_dict(folded)  # strict: exactly the plain model's keys
+    x = data[0, :, :-1]
+    return {
+        "state_diff": max_diff(folded, full_state(ref_model)),
+        "logits_diff": (plain(x) - ref_model(x)).abs().max().item(),
+        "multiplier_keys": [k for k in folded if "weight_mult" in k],
+    }
+
+
+def benchmark_smoke(ctx: Context) -> dict:
+    """``benchmarks/distributed.py`` end to end (FSDP2 and DDP), a few steps of the tiny GPT."""
+    from benchmarks import distributed as bench
+
+    common = ["--preset", "tiny", "--steps", "3", "--warmup-steps", "1", "--batch-size", "2", "--eval-batches", "1"]
+    out = {}
+    for parallel in ("fsdp2", "ddp"):
+        path = ctx.workdir / f"bench-{parallel}-{ctx.world_size}.json"
+        summary = bench.main(common + ["--parallel", parallel, "--json", str(path)])
+        out[parallel] = {"summary": summary, "json_written": path.exists() if ctx.rank == 0 else None}
+    return out

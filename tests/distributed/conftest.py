@@ -14,7 +14,9 @@ SCENARIOS = {
         "fsdp_muon_plain",
         "fsdp_muon_multipliers",
         "ddp_muon_multipliers",
+        "fsdp_fold",
         "fsdp_checkpoint_resume",
+        "benchmark_smoke",
     ],
     3: [
         "orthogonalize_primitive",
@@ -22,6 +24,7 @@ SCENARIOS = {
         "fsdp_muon_plain",
         "fsdp_muon_multipliers",
         "ddp_muon_multipliers",
+        "fsdp_fold",
         "fsdp_checkpoint_resume",
         "fsdp_checkpoint_reshard_from_2",
     ],

@@ -51,3 +51,25 @@ def test_clip_grad_norm_is_the_global_norm(dist_results, scenario):
         assert len(res["norms"]) == len(res["ref_norms"]) > 0
         for got, want in zip(res["norms"], res["ref_norms"]):
             assert got == pytest.approx(want, rel=1e-5)
+
+
+def test_fold_after_fsdp_training_gives_the_plain_model_of_the_single_process_run(dist_results):
+    results, world = dist_results
+    for res in scenario_results(results, "fsdp_fold"):
+        assert res["multiplier_keys"] == []
+        assert res["state_diff"] < TOL
+        assert res["logits_diff"] < TOL
+
+
+@pytest.mark.parametrize("scenario", ["fsdp_muon_plain", "fsdp_muon_multipliers", "ddp_muon_multipliers"])
+def test_param_groups_after_wrapping_match_the_single_process_groups(dist_results, scenario):
+    results, world = dist_results
+    for res in scenario_results(results, scenario):
+        assert res["groups_match"]
+
+
+def test_roles_and_multipliers_survive_fully_shard(dist_results):
+    results, world = dist_results
+    for res in scenario_results(results, "fsdp_muon_multipliers"):
+        assert res["roles_kept"]
+        assert res["n_multipliers"] > 0
