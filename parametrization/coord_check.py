@@ -104,6 +104,7 @@ def coord_check(
     make_optimizer: Callable[[list[dict[str, Any]]], torch.optim.Optimizer] | None = None,
     optimizer: str = "adamw",
     seed: int = 0,
+    parametrize_kwargs: dict[str, Any] | None = None,
     print_table: bool = False,
 ) -> CoordCheckResult:
     """Train ``steps`` steps at each width and record the RMS of every leaf module's output.
@@ -122,6 +123,8 @@ def coord_check(
         make_optimizer: param groups → optimizer; default ``torch.optim.AdamW``.
         optimizer: ``"adamw"`` or ``"muon"``, the kind of groups to build.
         seed: torch seed set before building each model.
+        parametrize_kwargs: extra arguments of ``parametrize`` (e.g. ``roles``; ``init_std`` is
+            used only with ``mup=True``, since it is a muP rule).
         print_table: print the rich table of the last step.
     """
     from .parametrize import parametrize
@@ -138,7 +141,10 @@ def coord_check(
         torch.manual_seed(seed)
         model = make_model(width)
         base_model = make_model(base) if mup else None
-        mp = parametrize(model, multipliers, base_width=base_model)
+        extra = dict(parametrize_kwargs or {})
+        if not mup:
+            extra.pop("init_std", None)
+        mp = parametrize(model, multipliers, base_width=base_model, **extra)
         groups = mp.param_groups(optimizer, lr=lr, weight_decay=0.0)  # type: ignore[arg-type]
         opt = make_optimizer(groups) if make_optimizer is not None else torch.optim.AdamW(groups)
         current = {"step": 0}

@@ -1,0 +1,34 @@
+"""Smoke test of benchmarks/multiplier_overhead.py on its --quick setting (no speed assertions)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks import multiplier_overhead
+
+
+@pytest.mark.slow
+def test_quick_run_writes_json_with_every_ratio(tmp_path: Path) -> None:
+    out = tmp_path / "multiplier_overhead.json"
+    result = multiplier_overhead.main(["--quick", "--out", str(out)])
+    saved = json.loads(out.read_text())
+    assert saved["rows"] == json.loads(json.dumps(result["rows"]))
+    names = [r["name"] for r in saved["rows"]]
+    assert names == [
+        "train step vector/auto", "train step vector/weight", "train step vector/activation",
+        "forward folded", "forward vector/auto",
+    ]
+    for row in saved["rows"]:
+        assert row["ours_s"] > 0 and row["peer_s"] > 0
+        assert row["ratio"] == pytest.approx(row["ours_s"] / row["peer_s"])
+    assert saved["fold_max_relative_error"] < 1e-5
+    assert 0 < saved["multiplier_parameters"] < 0.05 * saved["parameters"]
+    assert len(saved["raw_times_s"]["train_step"]["plain"]) == saved["config"]["steps"]
+
+
+def test_bad_arguments_exit() -> None:
+    with pytest.raises(SystemExit):
+        multiplier_overhead.parse_args(["--steps", "0"])
