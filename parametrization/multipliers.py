@@ -164,11 +164,12 @@ class _MultipliedEmbedding(_Multiplied):
     def forward(self, input: Tensor) -> Tensor:
         w, s, r, c = self._lrm_tensors()
         mode = self._lrm_compute
-        # max_norm renormalizes rows of the stored weight in place: keep the weight side then.
         # Activation side costs O(tokens·d), weight side O(vocab·d). max_norm renormalizes rows
-        # of the stored weight in place, so it keeps the weight side.
-        if self.max_norm is None and (mode == "activation" or (mode == "auto" and input.numel() <= w.shape[0])):  # type: ignore[attr-defined]
-            y = F.embedding(input, w, self.padding_idx, None, 2.0, self.scale_grad_by_freq, self.sparse)  # type: ignore[attr-defined]
+        # of the stored weight in place; padding_idx and scale_grad_by_freq reshape the gradient
+        # of rows of W_eff (and so of r and c): those keep the weight side.
+        plain_lookup = self.max_norm is None and self.padding_idx is None and not self.scale_grad_by_freq  # type: ignore[attr-defined]
+        if plain_lookup and (mode == "activation" or (mode == "auto" and input.numel() <= w.shape[0])):
+            y = F.embedding(input, w, sparse=self.sparse)  # type: ignore[attr-defined]
             return embedding_activation_side(y, input, s, r, c, fixed=self._lrm_fixed)
         return F.embedding(
             input, self._lrm_effective_weight(), self.padding_idx, self.max_norm, self.norm_type, self.scale_grad_by_freq, self.sparse  # type: ignore[attr-defined]
@@ -263,7 +264,8 @@ def set_compute(module: nn.Module, compute: Compute) -> None:
     """Force where a multiplied ``nn.Linear``/``nn.Embedding`` applies its multipliers.
 
     ``"auto"`` (default) picks the cheaper side per call; ``"weight"`` builds ``W_eff``;
-    ``"activation"`` scales inputs and outputs. Used by the overhead benchmark.
+    ``"activation"`` scales inputs and outputs (an embedding with ``max_norm``, ``padding_idx``
+    or ``scale_grad_by_freq`` always uses the weight side). Used by the overhead benchmark.
     """
     if not is_multiplied(module):
         raise ValueError(f"{type(module).__name__} carries no multipliers")

@@ -178,3 +178,21 @@ def test_set_compute_rejects_plain_modules_and_bad_modes():
     P.parametrize(model)
     with pytest.raises(ValueError, match="compute"):
         set_compute(model[0], "sideways")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("kwargs", [dict(padding_idx=0), dict(scale_grad_by_freq=True), dict()])
+def test_embedding_gradients_match_the_weight_side_formula(kwargs):
+    torch.manual_seed(0)
+    emb = nn.Embedding(10, 4, **kwargs)
+    model = nn.Sequential(emb, nn.Linear(4, 3))
+    mp = P.parametrize(model)
+    _perturb(mp)
+    idx = torch.tensor([[0, 1, 1, 3, 0, 9]])
+    grads = []
+    for compute in ("activation", "weight"):
+        set_compute(emb, compute)
+        model.zero_grad()
+        model(idx).square().sum().backward()
+        grads.append([p.grad.clone() for p in (P.raw_weight(emb), emb.weight_mult_row, emb.weight_mult_col)])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)

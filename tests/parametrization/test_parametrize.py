@@ -124,3 +124,28 @@ def test_optimizers_package_steps_with_built_groups():
         assert all(not torch.equal(before[n], p) for n, p in model.named_parameters())
     with pytest.raises(ValueError):
         optimizers.AdamW(mp.param_groups("muon", lr=0.02))  # a Muon group must not run as AdamW
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_reference_gpt_roles_identity_and_fold(tied):
+    from reference_models import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.preset("tiny", tie_embeddings=tied))
+    plain = copy.deepcopy(model)
+    idx = torch.randint(0, 256, (2, 16))
+    mp = P.parametrize(model)
+    assert mp.roles["wte.weight"] == ("head" if tied else "embedding")
+    assert mp.roles["lm_head.weight"] == "head"
+    for name in ("attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"):
+        assert mp.roles[f"blocks.1.{name}.weight"] == "matrix"
+        assert mp.placements[f"blocks.1.{name}.weight"] == P.Placement(row=True, col=True)
+    assert mp.roles["blocks.0.attn_norm.weight"] == "vector"
+    assert torch.equal(model(idx), plain(idx))
+    with torch.no_grad():
+        for p in mp.multiplier_parameters():
+            p.uniform_(0.5, 1.5)
+    expected = model(idx)
+    mp.fold()
+    torch.testing.assert_close(model(idx), expected, rtol=1e-5, atol=1e-5)
+    assert list(model.state_dict()) == list(plain.state_dict())
