@@ -66,7 +66,8 @@ def muon_momentum(bufs: list[Tensor], grads: list[Tensor], momentum: float, nest
     ``grads`` are only read. Without Nesterov the returned update is a copy of ``B``, so nothing
     downstream can alias (and normalize) the optimizer state.
     """
-    if all(b.dtype == g.dtype and b.device == g.device for b, g in zip(bufs, grads)):
+    # torch 2.11 has no DTensor rule for aten._foreach_lerp (2.13 has): FSDP2 states take the per-tensor path.
+    if all(b.dtype == g.dtype and b.device == g.device and not _is_dtensor(b) for b, g in zip(bufs, grads)):
         torch._foreach_lerp_(bufs, grads, 1.0 - momentum)
         return torch._foreach_lerp(grads, bufs, momentum) if nesterov else [b.clone() for b in bufs]
     out = []
