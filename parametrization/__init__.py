@@ -1,9 +1,32 @@
 """Learnable multipliers and per-role optimizer rules for any ``nn.Module``.
 
-``mp = parametrize(model, multipliers="vector")`` inserts ``W_eff = s·diag(r)·W·diag(c)`` into
-the model's matrix layers (Velikanov et al., arXiv 2601.04890) and returns a
-:class:`Parametrization` with ``param_groups``, ``clip_grad_norm_``, ``fold``, ``summary`` and
-``roles``. ``coord_check`` runs a muP coordinate check over widths.
+Usage::
+
+    import parametrization as P
+    from optimizers import Muon
+
+    mp = P.parametrize(model, multipliers="vector")   # in place; returns a Parametrization
+    opt = Muon(mp.param_groups(optimizer="muon", lr=3e-3, weight_decay=0.1))
+    ...
+    loss.backward()
+    mp.clip_grad_norm_(1.0)    # global norm without the multipliers; their grads are not rescaled
+    opt.step()
+    ...
+    plain = mp.fold()          # multipliers merged into the weights: the plain model again
+
+* :func:`parametrize` gives every parameter a :class:`Role` (``embedding``, ``head``, ``matrix``,
+  ``vector``, ``multiplier``; :mod:`parametrization.roles`), inserts
+  ``W_eff = s·diag(r)·W·diag(c)`` (Velikanov et al., arXiv 2601.04890) into the chosen layers
+  (:mod:`parametrization.multipliers`), and with ``base_width=`` applies the muP width rules
+  (:mod:`parametrization.mup`).
+* :meth:`Parametrization.param_groups` builds the optimizer groups from the rule table
+  (:mod:`parametrization.rules`): matrices → Muon (or AdamW with lr/m under muP), everything
+  else → AdamW, multipliers with their own lr and weight decay 2e-3. A group with
+  ``algorithm="muon"`` must not be handed to ``torch.optim.AdamW``, which would silently accept it.
+* The parametrized model keeps the plain model's module tree and ``state_dict`` keys (plus the
+  multipliers), loads plain checkpoints (multipliers set to 1), and works under ``deepcopy``,
+  ``torch.compile`` (no graph break), bf16 autocast and FSDP2.
+* :func:`coord_check` runs a muP coordinate check over widths.
 """
 
 from .coord_check import CoordCheckResult, coord_check

@@ -226,6 +226,12 @@ class Parametrization:
         Raises:
             ValueError: a bad value (named in the message), a rules glob that matches no
                 parameter, or a rule that would send a non-matrix to Muon.
+
+        Warning:
+            ``torch.optim`` optimizers silently accept unknown group keys: groups built with
+            ``optimizer="muon"`` handed to ``torch.optim.AdamW`` would run AdamW at Muon's lr on
+            the matrices. Build with ``optimizer="adamw"`` for AdamW; ``optimizers.AdamW`` raises
+            on a group whose ``algorithm`` is not ``"adamw"``.
         """
         if optimizer not in ("muon", "adamw"):
             raise ValueError(f"optimizer must be 'muon' or 'adamw', got {optimizer!r}")
