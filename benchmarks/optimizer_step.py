@@ -84,12 +84,8 @@ def time_interleaved(steps: dict[str, Callable[[], Any]], n: int, warmup: int) -
     return times
 
 
-def matmul_rate(width: int, repeats: int) -> tuple[float, list[float]]:
-    """fp32 GEMM rate (FLOP/s, median) of a (w×w)·(w×4w) product, the NS's dominant shape."""
-    a, b = torch.randn(width, width), torch.randn(width, 4 * width)
-    torch.mm(a, b)
-    times = time_steps(lambda: torch.mm(a, b), repeats)
-    return 2 * width * width * 4 * width / statistics.median(times), times
+GEMMS_PER_PROBE = 8
+"""fp32 rate probe: this many (w×w)·(w×4w) products (the NS's dominant shape) after each Muon step."""
 
 
 def state_buffers(opt: torch.optim.Optimizer, params: Sequence[torch.Tensor]) -> tuple[float, int]:
@@ -145,11 +141,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     # Muon: ours on everything (matrices → Muon, vectors → AdamW rule).
     muon_p = clone_params(base)
     ours_muon = optimizers.Muon(muon_p, lr=0.02, ns_steps=args.ns_steps)
-    ours_muon_times = time_interleaved({"ours": ours_muon.step}, args.muon_steps, args.warmup)["ours"]
-
-    # FLOP model: NS FLOPs of all matrices ÷ the fp32 GEMM rate measured now.
+    # FLOP model: NS FLOPs of all matrices ÷ the fp32 GEMM rate, probed between our Muon steps so both
+    # see the same load on a shared machine.
+    a, b = torch.randn(args.width, args.width), torch.randn(args.width, 4 * args.width)
+    gemm_flops = 2 * args.width * args.width * 4 * args.width
+    muon_times = time_interleaved(
+        {"ours": ours_muon.step, "gemm": lambda: [torch.mm(a, b) for _ in range(GEMMS_PER_PROBE)]},
+        args.muon_steps, args.warmup,
+    )
+    ours_muon_times = muon_times["ours"]
+    rate_times = [t / GEMMS_PER_PROBE for t in muon_times["gemm"]]
+    rate = gemm_flops / statistics.median(rate_times)
     ns_flops = sum(newton_schulz_flops(m, n, args.ns_steps) for m, n in matrices)
-    rate, rate_times = matmul_rate(args.width, repeats=max(5, args.adamw_steps))
     ideal = ns_flops / rate
 
     # torch.optim.Muon on the matrices only (it rejects vectors); first step included (no warm-up: minutes).
@@ -185,7 +188,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "rows": rows,
         "raw_times_s": {
             "adamw_ours": adamw_times["ours"], "adamw_torch_fused": adamw_times["torch_fused"],
-            "muon_ours": ours_muon_times, "muon_torch": torch_muon_times, "matmul": rate_times,
+            "muon_ours": ours_muon_times, "muon_torch": torch_muon_times, "matmul_per_gemm": rate_times,
         },
         "state": {
             "muon_full_size_buffers_per_matrix": muon_buffers, "muon_state_bytes": muon_bytes,

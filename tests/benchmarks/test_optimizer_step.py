@@ -6,13 +6,18 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from benchmarks import optimizer_step
 
 
 def test_quick_run_writes_json_with_every_comparison(tmp_path: Path) -> None:
     out = tmp_path / "optimizer_step.json"
-    result = optimizer_step.main(["--quick", "--out", str(out)])
+    threads = torch.get_num_threads()
+    try:  # one thread: the quick setting's tensors are tiny
+        result = optimizer_step.main(["--quick", "--threads", "1", "--out", str(out)])
+    finally:
+        torch.set_num_threads(threads)
     saved = json.loads(out.read_text())
     assert saved["rows"] == json.loads(json.dumps(result["rows"]))
     names = [r["name"] for r in saved["rows"]]
