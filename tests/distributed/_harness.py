@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import time
 import traceback
 from pathlib import Path
 
@@ -41,12 +42,16 @@ def _worker(rank: int, world_size: int, workdir: str, names: list[str]) -> None:
     )
     ctx = Context(rank, world_size, Path(workdir))
     results: dict[str, object] = {}
+    seconds: dict[str, float] = {}
     for name in names:
+        start = time.perf_counter()
         try:
             results[name] = getattr(_scenarios, name)(ctx)
         except Exception:  # recorded and re-raised in the parent's test
             results[name] = {"error": traceback.format_exc()}
         dist.barrier()
+        seconds[name] = time.perf_counter() - start
+    results["_seconds"] = seconds
     torch.save(results, Path(workdir) / f"results-{world_size}-{rank}.pt")
     dist.destroy_process_group()
 
@@ -66,7 +71,7 @@ def run_scenarios(world_size: int, names: list[str], workdir: Path) -> dict[str,
             if p.is_alive():
                 p.kill()
     per_rank = [torch.load(workdir / f"results-{world_size}-{r}.pt", weights_only=False) for r in range(world_size)]
-    return {name: [res[name] for res in per_rank] for name in names}
+    return {name: [res[name] for res in per_rank] for name in [*names, "_seconds"]}
 
 
 def scenario_results(results: dict[str, list[object]], name: str) -> list[dict]:
