@@ -327,3 +327,37 @@ def test_nonfinite_default_is_off_like_torch() -> None:
     p.grad = torch.tensor([1.0, float("nan"), 1.0])
     opt.step()
     assert p.detach().isnan().any()
+
+
+# ---- CUDA (skipped without a GPU) ----------------------------------------------------------------------
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_adamw_on_cuda_runs_torch_fused_kernel(dtype: torch.dtype) -> None:
+    ours_p = [p.detach().cuda().requires_grad_() for p in _params(dtype=dtype)]
+    ref_p = [p.detach().clone().requires_grad_() for p in ours_p]
+    ours, ref = AdamW(ours_p, lr=1e-2), torch.optim.AdamW(ref_p, lr=1e-2, fused=True)
+    _run(ours, ours_p, range(10))
+    _run(ref, ref_p, range(10))
+    assert all(torch.equal(a, b) for a, b in zip(ours_p, ref_p))
+    assert ours.state[ours_p[0]]["step"].device.type == "cuda"
+
+
+@cuda
+def test_cpu_state_dict_from_foreach_run_resumes_fused_on_cuda() -> None:
+    cpu_p = _params()
+    opt = AdamW(cpu_p, foreach=True)
+    _run(opt, cpu_p, range(3))
+    gpu_p = [p.detach().cuda().requires_grad_() for p in cpu_p]
+    opt2 = AdamW(gpu_p)
+    sd = opt.state_dict()
+    for group in sd["param_groups"]:
+        group["foreach"] = None  # let the loaded groups pick the fused path again
+    opt2.load_state_dict(sd)
+    _run(opt2, gpu_p, range(3, 6))
+    _run(opt, cpu_p, range(3, 6))
+    for a, b in zip(gpu_p, cpu_p):
+        assert _rel(a.detach().cpu(), b.detach()) <= 1e-6

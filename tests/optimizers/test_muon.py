@@ -375,3 +375,37 @@ def test_ns_dtype_override_is_used() -> None:
     Muon([a], ns_dtype=torch.float64).step()
     Muon([b]).step()
     assert torch.allclose(a, b, atol=1e-6) and a.dtype == torch.float32
+
+
+# ---- CUDA (skipped without a GPU) ----------------------------------------------------------------------
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@cuda
+def test_muon_on_cuda_uses_bf16_newton_schulz_close_to_fp32() -> None:
+    start = _tensors(MATRIX_SHAPES + OTHER_SHAPES, seed=0)
+    gpu = [t.float().cuda().requires_grad_() for t in start]
+    cpu = [t.float().requires_grad_() for t in start]
+    opt_gpu, opt_cpu = Muon(gpu, weight_decay=0.0), Muon(cpu, weight_decay=0.0)
+    for step in range(3):
+        grads = _set_grads(cpu, step)
+        for p, g in zip(gpu, grads):
+            p.grad = g.float().cuda()
+        opt_gpu.step()
+        opt_cpu.step()
+    for a, b, t in zip(gpu, cpu, start):
+        if t.ndim >= 2:  # bf16 NS: the step (not the weight) agrees to bf16 precision
+            da, db = a.detach().cpu().double() - t, b.detach().double() - t
+            assert (da - db).norm() <= 0.05 * db.norm()
+
+
+@cuda
+def test_muon_on_cuda_bf16_params_keep_momentum_and_grad_intact() -> None:
+    p = torch.randn(64, 32, dtype=torch.bfloat16, device="cuda", requires_grad=True)
+    g = torch.randn(64, 32, dtype=torch.bfloat16, device="cuda") * 3
+    opt = Muon([p], nesterov=False, momentum=0.9)
+    p.grad = g.clone()
+    opt.step()
+    assert torch.equal(p.grad, g)
+    assert torch.equal(opt.state[p]["momentum_buffer"], torch.zeros_like(g).lerp_(g, 0.1))
