@@ -1,0 +1,253 @@
+"""Shared pieces of the benchmark scripts: the four arms, the (S, η_eff) ↔ (lr, wd) map, the
+measurements taken after a run, and seed statistics. The scripts in ``benchmarks/`` stay thin.
+
+Notation (paper arXiv 2601.04890 §1, §3): with decoupled weight decay a matrix settles at the
+noise–WD equilibrium RMS(W) ∝ S = sqrt(lr/wd) after about 1/(lr·wd) steps, and the effective
+learning rate η_eff = sqrt(lr·wd) sets the noise level. For AdamW, RMS(W)_eq ≈ sqrt(lr/(2 wd)).
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import os
+import statistics
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .data import ByteCorpus
+from .gpt import GPTConfig
+from .train import TrainConfig, Trainer
+
+__all__ = [
+    "ARMS",
+    "Arm",
+    "RunRecord",
+    "adamw_equilibrium_rms",
+    "lr_wd_from_scale",
+    "matrix_rms",
+    "mean_spread",
+    "multiplier_scales",
+    "run",
+    "run_many",
+    "smooth",
+]
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One benchmark arm: the optimizer of the matrices and the multiplier placement."""
+
+    name: str
+    optimizer: str
+    multipliers: str
+
+    @property
+    def has_multipliers(self) -> bool:
+        return self.multipliers != "none"
+
+
+ARMS: dict[str, Arm] = {
+    a.name: a
+    for a in (
+        Arm("adamw", "adamw", "none"),
+        Arm("adamw+mult", "adamw", "vector"),
+        Arm("muon", "muon", "none"),
+        Arm("muon+mult", "muon", "vector"),
+    )
+}
+
+
+def lr_wd_from_scale(scale: float, effective_lr: float) -> tuple[float, float]:
+    """``(lr, wd)`` with equilibrium scale ``S = sqrt(lr/wd)`` and ``η_eff = sqrt(lr·wd)``:
+    ``lr = η_eff·S``, ``wd = η_eff/S`` (paper §3)."""
+    if not scale > 0 or not effective_lr > 0:
+        raise ValueError(f"scale and effective_lr must be positive, got {scale!r}, {effective_lr!r}")
+    return effective_lr * scale, effective_lr / scale
+
+
+def adamw_equilibrium_rms(lr: float, weight_decay: float) -> float:
+    """Noise-only AdamW equilibrium RMS of a matrix, ``sqrt(lr / (2 wd))`` (Kosson et al. 2024)."""
+    if not lr > 0 or not weight_decay > 0:
+        raise ValueError(f"lr and weight_decay must be positive, got {lr!r}, {weight_decay!r}")
+    return math.sqrt(lr / (2.0 * weight_decay))
+
+
+def mean_spread(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    if not values:
+        raise ValueError("mean_spread needs at least one value")
+    mean = statistics.fmean(values)
+    return mean, statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def smooth(values: Sequence[float], window: int = 20) -> list[float]:
+    """Trailing moving average (for plotting noisy training losses)."""
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
+def matrix_rms(mp: Any) -> float:
+    """Mean over hidden matrices (role ``matrix``) of RMS(W) of the raw weight W."""
+    values = [
+        p.detach().float().pow(2).mean().sqrt().item()
+        for fqn, p in mp.model.named_parameters()
+        if mp.roles.get(fqn) == "matrix"
+    ]
+    return statistics.fmean(values) if values else float("nan")
+
+
+def multiplier_scales(mp: Any) -> dict[str, float]:
+    """Geometric mean, over weights of each role, of the multipliers' overall scale
+    ``RMS(s)·RMS(r)·RMS(c)`` (1 at init). Empty without multipliers."""
+    per_weight: dict[str, float] = {}
+    for fqn, p in mp.model.named_parameters():
+        if mp.roles.get(fqn) != "multiplier":
+            continue
+        owner = fqn.rsplit(".", 1)[0] + ".weight"
+        rms = p.detach().float().pow(2).mean().sqrt().item()
+        per_weight[owner] = per_weight.get(owner, 1.0) * rms
+    by_role: dict[str, list[float]] = {}
+    for owner, scale in per_weight.items():
+        by_role.setdefault(mp.roles.get(owner, "?"), []).append(math.log(max(scale, 1e-30)))
+    return {role: math.exp(statistics.fmean(logs)) for role, logs in by_role.items()}
+
+
+@dataclass
+class RunRecord:
+    """One finished run: its setting and what it measured."""
+
+    arm: str
+    lr: float
+    weight_decay: float
+    seed: int
+    final_val_loss: float
+    tokens_per_s: float
+    opt_step_share: float
+    wall_s: float
+    steps_lr_wd: float
+    matrix_rms: float
+    multiplier_scales: dict[str, float]
+    train_loss: list[float]
+    multiplier_lr: float | None = None  # the lr the multiplier group actually got (None: no multipliers)
+
+    def to_dict(self, *, curve_points: int = 200) -> dict[str, Any]:
+        stride = max(1, len(self.train_loss) // curve_points)
+        d = dict(self.__dict__)
+        d["train_loss"] = smooth(self.train_loss)[::stride]
+        d["curve_stride"] = stride
+        return d
+
+
+def run(
+    model_config: GPTConfig,
+    base: TrainConfig,
+    arm: Arm,
+    *,
+    lr: float,
+    weight_decay: float,
+    seed: int,
+    corpus: ByteCorpus,
+    multiplier_lr: float | None = None,
+) -> RunRecord:
+    """Train one arm at one setting with :class:`~reference_models.train.Trainer` and measure it."""
+    cfg = TrainConfig(
+        **{
+            **base.__dict__,
+            "optimizer": arm.optimizer,
+            "multipliers": arm.multipliers,
+            "lr": lr,
+            "weight_decay": weight_decay,
+            "seed": seed,
+            "data_seed": seed,
+            "multiplier_lr": multiplier_lr if arm.has_multipliers else None,
+            "label": f"{arm.name} lr={lr:.3g} wd={weight_decay:.3g} seed={seed}",
+        }
+    )
+    trainer = Trainer.from_config(model_config, cfg, corpus)
+    result = trainer.fit()
+    with torch.no_grad():
+        rms, scales = matrix_rms(trainer.mp), multiplier_scales(trainer.mp)
+    mult_lrs = {g["initial_lr"] for g in trainer.optimizer.param_groups if g.get("role") == "multiplier"}
+    return RunRecord(
+        arm=arm.name,
+        lr=lr,
+        weight_decay=weight_decay,
+        seed=seed,
+        final_val_loss=result.final_val_loss,
+        tokens_per_s=result.tokens_per_s,
+        opt_step_share=result.opt_step_share,
+        wall_s=result.wall_s,
+        steps_lr_wd=cfg.lr_times_wd_times_steps,
+        matrix_rms=rms,
+        multiplier_scales=scales,
+        train_loss=result.train_loss,
+        multiplier_lr=mult_lrs.pop() if len(mult_lrs) == 1 else None,
+    )
+
+
+def records_at(records: Iterable[RunRecord], arm: str, lr: float, weight_decay: float) -> list[RunRecord]:
+    """The records of ``arm`` at setting ``(lr, weight_decay)`` (all seeds)."""
+    return [
+        r for r in records
+        if r.arm == arm and math.isclose(r.lr, lr, rel_tol=1e-9) and math.isclose(r.weight_decay, weight_decay, rel_tol=1e-9)
+    ]
+
+
+def _init_worker(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def _run_job(job: tuple[GPTConfig, TrainConfig, Arm, dict[str, Any], str]) -> RunRecord:
+    model_config, base, arm, kwargs, source = job
+    return run(model_config, base, arm, corpus=ByteCorpus.load(source), **kwargs)
+
+
+def run_many(
+    model_config: GPTConfig,
+    base: TrainConfig,
+    jobs: Sequence[tuple[Arm, dict[str, Any]]],
+    *,
+    corpus: ByteCorpus,
+    workers: int = 1,
+    on_done: Any = None,
+) -> list[RunRecord]:
+    """Run ``(arm, run-kwargs)`` jobs, in order, or in ``workers`` processes of one thread each
+    (small CPU models train faster as two one-thread runs than as one two-thread run). Results
+    are identical either way; only the timings differ. ``on_done(record)`` is called per run."""
+    if not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be a positive int, got {workers!r}")
+    if workers == 1 or len(jobs) <= 1:
+        out = []
+        for arm, kwargs in jobs:
+            out.append(run(model_config, base, arm, corpus=corpus, **kwargs))
+            if on_done is not None:
+                on_done(out[-1])
+        return out
+    quiet = TrainConfig(**{**base.__dict__, "progress": False})
+    payload = [(model_config, quiet, arm, kwargs, corpus.source) for arm, kwargs in jobs]
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(1,)) as pool:
+        futures = [pool.submit(_run_job, job) for job in payload]
+        out = []
+        for future in futures:
+            out.append(future.result())
+            if on_done is not None:
+                on_done(out[-1])
+    return out
+
+
+def default_workers(device: str) -> int:
+    """Two one-thread processes on a CPU with at least two cores; one process on an accelerator."""
+    if device != "cpu" and (device != "auto" or torch.cuda.is_available()):
+        return 1
+    return max(1, min(2, os.cpu_count() or 1))
