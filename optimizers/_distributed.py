@@ -20,6 +20,9 @@ all rows). This module does the work once per matrix and spreads it over the ran
 
 Every rank must call these functions with the same list (same order, shapes, dtypes, meshes),
 because they issue collectives; the optimizer step guarantees that under DDP and FSDP2.
+``optimizers.Muon`` calls :func:`orthogonalize_dtensors` by itself for DTensor updates, and
+:func:`orthogonalize_replicated` when built with ``process_group=...`` (DDP). Tested with gloo on
+CPU (2 and 3 ranks, torch 2.11 and 2.13) and NCCL on one GPU.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from torch.distributed.tensor import DTensor, Replicate, Shard
 __all__ = [
     "assign_owners",
     "chunk_sizes",
+    "newton_schulz_cost",
     "orthogonalize_dtensors",
     "orthogonalize_replicated",
 ]

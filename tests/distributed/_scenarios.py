@@ -53,6 +53,7 @@ def orthogonalize_primitive(ctx: Context) -> dict:
     dts = [distribute_tensor(f, mesh, [pl]) for f, (_, pl) in zip(fulls, PRIMITIVE_CASES)]
     counter = Counting()
     outs = _distributed.orthogonalize_dtensors(dts, orthogonalize=counter)
+    shapes_main = list(counter.shapes)
     errors, kept = [], []
     for f, o, d in zip(fulls, outs, dts):
         kept.append(isinstance(o, DTensor) and o.placements == d.placements and o.shape == d.shape
@@ -62,10 +63,21 @@ def orthogonalize_primitive(ctx: Context) -> dict:
     first = dts[0]
     shard_alone = polar(first.to_local())
     rows = torch.chunk(polar(fulls[0]), ctx.world_size, dim=0)[ctx.rank]
+    # Other dtypes go through their own collectives; a 2-D mesh (HSDP-like) takes the full_tensor path.
+    mesh2d = init_device_mesh("cpu", (1, ctx.world_size), mesh_dim_names=("replicate", "shard"))
+    extra_fulls = [torch.randn(7, 3, generator=gen, dtype=torch.float64), torch.randn(5, 6, generator=gen)]
+    extra = [
+        distribute_tensor(extra_fulls[0], mesh, [Shard(0)]),
+        distribute_tensor(extra_fulls[1], mesh2d, [Replicate(), Shard(0)]),
+    ]
+    extra_outs = _distributed.orthogonalize_dtensors(extra, orthogonalize=counter)
+    extra_errors = [(o.full_tensor() - polar(f)).abs().max().item() for f, o in zip(extra_fulls, extra_outs)]
     return {
         "errors": errors,
+        "extra_errors": extra_errors,
+        "extra_kept": [o.dtype == e.dtype and o.placements == e.placements for o, e in zip(extra_outs, extra)],
         "placements_kept": kept,
-        "shapes_orthogonalized": counter.shapes,
+        "shapes_orthogonalized": shapes_main,
         "shard_alone_error": (shard_alone - rows).abs().max().item(),
     }
 

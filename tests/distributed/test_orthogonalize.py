@@ -61,6 +61,14 @@ def test_dtensor_updates_are_orthogonalized_as_whole_matrices(dist_results):
 
 
 @pytest.mark.distributed
+def test_float64_and_two_dim_mesh_updates_are_orthogonalized_as_whole_matrices(dist_results):
+    results, world = dist_results
+    for res in scenario_results(results, "orthogonalize_primitive"):
+        assert max(res["extra_errors"]) < TOL, res["extra_errors"]
+        assert all(res["extra_kept"])
+
+
+@pytest.mark.distributed
 def test_whole_matrix_check_detects_a_shard_orthogonalized_alone(dist_results):
     # The parity tolerance must be far below what orthogonalizing a local shard alone would give,
     # otherwise the test above could not catch that bug.
@@ -92,3 +100,20 @@ def test_replicated_updates_split_work_and_match(dist_results):
     counts = [len(res["shapes_orthogonalized"]) for res in per_rank]
     assert sum(counts) == per_rank[0]["n"]
     assert max(counts) <= math.ceil(per_rank[0]["n"] / world) + 1
+
+
+def _polar_list(mats):
+    return [polar(m) for m in mats]
+
+
+def test_orthogonalize_dtensors_treats_plain_tensors_locally():
+    from optimizers._distributed import orthogonalize_dtensors
+
+    x = [torch.randn(3, 5), torch.randn(2, 4, 3)]
+    for o, xi in zip(orthogonalize_dtensors(x, orthogonalize=_polar_list), x):
+        torch.testing.assert_close(o, polar(xi))
+
+
+def test_orthogonalize_replicated_rejects_vectors_with_value_error():
+    with pytest.raises(ValueError, match=r"updates\[1\]"):
+        orthogonalize_replicated([torch.randn(2, 2), torch.randn(3)], orthogonalize=_polar_list)
