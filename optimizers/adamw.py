@@ -31,7 +31,7 @@ from torch.optim.optimizer import _get_foreach_kernels_supported_devices, _get_f
 from . import _validation as V
 from ._nonfinite import gather_checked_grads
 
-__all__ = ["AdamW", "adamw_group_update", "check_adamw_group"]
+__all__ = ["AdamW", "adamw_group_update", "check_adamw_group", "choose_path"]
 
 ADAMW_GROUP_DEFAULTS: dict[str, Any] = {"amsgrad": False, "maximize": False, "decay": "lr"}
 
@@ -53,13 +53,23 @@ def check_adamw_group(group: dict[str, Any], prefix: str = "") -> None:
         raise ValueError("foreach=True and fused=True cannot be set together")
 
 
-def _choose_path(params: list[Tensor], foreach: bool | None, fused: bool | None) -> Literal["fused", "foreach", "single"]:
-    fused_ok = all(p.device.type in _get_fused_kernels_supported_devices() and p.is_floating_point() for p in params)
+Path = Literal["fused", "foreach", "single"]
+
+
+def choose_path(params: list[Tensor], foreach: bool | None, fused: bool | None) -> Path:
+    """The implementation for these params: fused when allowed (and not refused), else foreach, else single.
+
+    Raises ``RuntimeError`` when ``fused=True`` but a parameter's device or dtype has no fused kernel.
+    """
+    fused_devices = _get_fused_kernels_supported_devices()
+    unfusable = [p for p in params if not (p.device.type in fused_devices and p.is_floating_point())]
+    fused_ok = not unfusable
     if fused:
-        if not fused_ok:
-            bad = next(p for p in params if not (p.device.type in _get_fused_kernels_supported_devices()))
-            raise RuntimeError(f"fused=True needs floating params on {_get_fused_kernels_supported_devices()}, got "
-                               f"{bad.dtype} on {bad.device}")
+        if unfusable:
+            bad = unfusable[0]
+            raise RuntimeError(
+                f"fused=True needs floating-point params on {fused_devices}, got {bad.dtype} on {bad.device}"
+            )
         return "fused"
     if fused is None and not foreach and fused_ok:
         return "fused"
@@ -74,15 +84,17 @@ def adamw_group_update(
     group: dict[str, Any],
     params: list[Tensor],
     grads: list[Tensor],
+    path: Path | None = None,
 ) -> None:
     """One AdamW step for ``params`` of ``group`` (gradients already checked). Creates missing state.
 
-    ``group`` needs lr, betas, eps, weight_decay, amsgrad, maximize, decay and may carry foreach/fused.
-    ``grads`` are read only.
+    ``group`` needs lr, betas, eps, weight_decay, amsgrad, maximize, decay and may carry foreach/fused;
+    ``path`` is :func:`choose_path`'s answer (computed here when ``None``). ``grads`` are read only.
     """
     if not params:
         return
-    path = _choose_path(params, group.get("foreach"), group.get("fused"))
+    if path is None:
+        path = choose_path(params, group.get("foreach"), group.get("fused"))
     amsgrad = group["amsgrad"]
     exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps = [], [], [], []
     for p in params:
@@ -233,8 +245,10 @@ class AdamW(Optimizer):
         if gathered is None:
             self.skipped_steps += 1
             return loss
-        for group, params, grads in gathered:
-            adamw_group_update(self.state, group, params, grads)
+        # Every group's kernel is chosen (and may refuse) before any group is updated.
+        paths = [choose_path(params, group.get("foreach"), group.get("fused")) for group, params, _ in gathered]
+        for (group, params, grads), path in zip(gathered, paths):
+            adamw_group_update(self.state, group, params, grads, path)
         return loss
 
 

@@ -35,7 +35,7 @@ from torch.optim import Optimizer
 
 from . import _validation as V
 from ._nonfinite import gather_checked_grads
-from .adamw import ADAMW_GROUP_DEFAULTS, adamw_group_update, check_adamw_group
+from .adamw import ADAMW_GROUP_DEFAULTS, adamw_group_update, check_adamw_group, choose_path
 from .lr_scale import LR_SCALE_RULES, lr_scale
 from .newton_schulz import check_coefficients, newton_schulz
 
@@ -320,11 +320,16 @@ class Muon(Optimizer):
             self.skipped_steps += 1
             return loss
 
+        # AdamW-rule kernels are chosen (and may refuse) before anything is updated.
+        paths = [
+            choose_path(params, group.get("foreach"), group.get("fused")) if group["algorithm"] == "adamw" else None
+            for group, params, _ in gathered
+        ]
         # Muon groups: momentum per group, then one orthogonalization call per (ns_steps, coefficients).
         pending: dict[tuple[Any, Any], list[tuple[dict[str, Any], Tensor, Tensor]]] = {}
-        for group, params, grads in gathered:
+        for (group, params, grads), path in zip(gathered, paths):
             if group["algorithm"] == "adamw":
-                adamw_group_update(self.state, group, params, grads)
+                adamw_group_update(self.state, group, params, grads, path)
                 continue
             if not params:
                 continue

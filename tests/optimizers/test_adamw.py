@@ -361,3 +361,16 @@ def test_cpu_state_dict_from_foreach_run_resumes_fused_on_cuda() -> None:
     _run(opt, cpu_p, range(3, 6))
     for a, b in zip(gpu_p, cpu_p):
         assert _rel(a.detach().cpu(), b.detach()) <= 1e-6
+
+
+def test_fused_refusal_in_a_later_group_leaves_earlier_groups_untouched() -> None:
+    ps = _params()
+    ints = torch.zeros(3, dtype=torch.int64)
+    ints.grad = torch.zeros(3, dtype=torch.int64)
+    opt = AdamW([{"params": ps}, {"params": [ints], "fused": True}])
+    for p, g in zip(ps, _grads(0, ps)):
+        p.grad = g
+    snap = _snapshot(opt, ps)
+    with pytest.raises(RuntimeError, match="fused=True"):
+        opt.step()
+    _assert_unchanged(opt, ps, snap)
