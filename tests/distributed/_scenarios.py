@@ -261,6 +261,21 @@ def fsdp_muon_multipliers(ctx: Context) -> dict:
     return _fsdp_parity(ctx, "vector", clip=0.05)
 
 
+def fsdp_adamw_multipliers(ctx: Context) -> dict:
+    """optimizers.AdamW (elementwise on the DTensor shards) under FSDP2 vs one process."""
+    data = batches(STEPS)
+
+    def adamw(mp):
+        return optimizers.AdamW(mp.param_groups("adamw", lr=3e-3, weight_decay=0.1))
+
+    ref_model, ref_mp = build("vector")
+    train(ref_model, adamw(ref_mp), ref_mp, data, 0, 1, clip=None)
+    model, mp = build("vector")
+    shard_fsdp(model, init_device_mesh("cpu", (ctx.world_size,)))
+    train(model, adamw(mp), mp, data, ctx.rank, ctx.world_size, clip=None)
+    return {"max_diff": max_diff(full_state(model), full_state(ref_model))}
+
+
 def ddp_muon_multipliers(ctx: Context) -> dict:
     from torch.nn.parallel import DistributedDataParallel
 

@@ -13,8 +13,10 @@ TOL = 1e-5  # fp32, a few steps: reduction order is the only difference from one
 pytestmark = pytest.mark.distributed
 
 
-@pytest.mark.parametrize("scenario", ["fsdp_muon_plain", "fsdp_muon_multipliers", "ddp_muon_multipliers"])
-def test_distributed_muon_matches_single_process(dist_results, scenario):
+@pytest.mark.parametrize(
+    "scenario", ["fsdp_muon_plain", "fsdp_muon_multipliers", "ddp_muon_multipliers", "fsdp_adamw_multipliers"]
+)
+def test_distributed_run_matches_single_process(dist_results, scenario):
     results, world = dist_results
     for rank, res in enumerate(scenario_results(results, scenario)):
         assert res["max_diff"] < TOL, (rank, res["max_diff"])
