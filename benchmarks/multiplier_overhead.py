@@ -40,15 +40,17 @@ from reference_models import GPT, GPTConfig
 
 
 def _time_interleaved(fns: dict[str, Callable[[], Any]], n: int, warmup: int) -> dict[str, list[float]]:
-    """Alternate the contenders call by call, so load drift on a shared machine hits all alike."""
+    """Alternate the contenders call by call, reversing their order every round, so load drift on
+    a shared machine and any penalty of going first hit all of them alike."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
     times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(n):
-        for name, fn in fns.items():
+    order = list(fns)
+    for i in range(n):
+        for name in order if i % 2 == 0 else reversed(order):
             t0 = time.perf_counter()
-            fn()
+            fns[name]()
             times[name].append(time.perf_counter() - t0)
     return times
 

@@ -50,6 +50,7 @@ __all__ = [
     "detach",
     "is_multiplied",
     "raw_weight",
+    "reset",
     "set_compute",
 ]
 
@@ -242,6 +243,7 @@ def attach(
     ndim = w.ndim
     row_dim, col_dim = layout.row_dim % ndim, layout.col_dim % ndim
     names: list[str] = []
+    inits: dict[str, float] = {}
     absorbed = False
     factory = {"device": w.device, "dtype": w.dtype}
     for name, wanted, size in ((SCALAR, placement.scalar, 1), (ROW, placement.row, w.shape[row_dim]), (COL, placement.col, w.shape[col_dim])):
@@ -252,10 +254,12 @@ def attach(
             init, absorbed = fixed, True
         module.register_parameter(name, nn.Parameter(torch.full((size,), init, **factory)))
         names.append(name)
+        inits[name] = init
     module._lrm_row_dim = row_dim
     module._lrm_col_dim = col_dim
     module._lrm_fixed = 1.0 if absorbed else float(fixed)
     module._lrm_compute = compute
+    module._lrm_init = inits
     module.__class__ = _multiplied_class(type(module))
     return names
 
@@ -275,6 +279,19 @@ def set_compute(module: nn.Module, compute: Compute) -> None:
 
 
 @torch.no_grad()
+def reset(module: nn.Module) -> None:
+    """Set the multipliers of ``module`` back to their initial values (1, or the muP factor).
+
+    Needed after materializing a model built on the meta device (``to_empty`` leaves the
+    multipliers uninitialized, like every other parameter).
+    """
+    if not is_multiplied(module):
+        raise ValueError(f"{type(module).__name__} carries no multipliers")
+    for name, value in module._lrm_init.items():
+        module._parameters[name].fill_(value)
+
+
+@torch.no_grad()
 def detach(module: nn.Module) -> None:
     """Fold the multipliers of ``module`` into its weight in place and restore its plain class.
 
@@ -288,6 +305,6 @@ def detach(module: nn.Module) -> None:
     w.copy_(w_eff)
     for name in MULTIPLIER_NAMES:
         module._parameters.pop(name, None)
-    for attr in ("_lrm_row_dim", "_lrm_col_dim", "_lrm_fixed", "_lrm_compute"):
+    for attr in ("_lrm_row_dim", "_lrm_col_dim", "_lrm_fixed", "_lrm_compute", "_lrm_init"):
         module.__dict__.pop(attr, None)
     module.__class__ = _original_class(type(module))

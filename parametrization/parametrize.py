@@ -24,7 +24,7 @@ from torch import Tensor
 
 from . import mup as _mup
 from .fold import check_foldable, fold as _fold
-from .multipliers import Compute, Placement, attach, is_multiplied
+from .multipliers import Compute, Placement, attach, is_multiplied, reset
 from .roles import Role, RoleTable, WeightLayout, detect_roles, weight_layout
 from .rules import (
     Settings,
@@ -184,6 +184,15 @@ class Parametrization:
         for fqn, p in self.model.named_parameters():
             out.setdefault(self.role_of(fqn).value, []).append((fqn, p))
         return out
+
+    def reset_multipliers(self) -> None:
+        """Set every multiplier to its initial value (1, or the muP factor it absorbed).
+
+        Use after ``model.to_empty(device=...)`` of a model parametrized on the meta device.
+        """
+        for module in self.model.modules():
+            if is_multiplied(module):
+                reset(module)
 
     def multiplier_parameters(self) -> list[nn.Parameter]:
         """The learnable multipliers, in ``named_parameters()`` order."""

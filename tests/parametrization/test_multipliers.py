@@ -196,3 +196,24 @@ def test_embedding_gradients_match_the_weight_side_formula(kwargs):
         grads.append([p.grad.clone() for p in (P.raw_weight(emb), emb.weight_mult_row, emb.weight_mult_col)])
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b)
+
+
+def test_meta_device_model_materializes_with_reset_multipliers():
+    plain = TinyLM()
+    placement = {"*.q": "rc", "lm_head": "s"}
+    with torch.device("meta"):
+        model = TinyLM()
+    mp = P.parametrize(model, placement, base_width=8)  # width 16: lm_head's s starts at 1/2
+    assert mp.multiplier_parameters()[0].is_meta
+    model.to_empty(device="cpu")
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if mp.roles[name] != "multiplier":
+                p.copy_(plain.state_dict()[name])
+            else:
+                p.fill_(float("nan"))  # what to_empty may leave behind
+    mp.reset_multipliers()
+    assert torch.equal(model.lm_head.weight_mult_scalar, torch.tensor([0.5]))
+    reference = copy.deepcopy(plain)
+    P.parametrize(reference, placement, base_width=8)
+    assert torch.equal(model(IDX), reference(IDX))
