@@ -8,6 +8,8 @@ random tensors, so only the optimizer step is timed. Reports medians and these r
 * ``optimizers.Muon`` / ``torch.optim.Muon`` (same ns_steps; its matrices only,      goal ≤ 0.05
   timed over ``--torch-muon-steps`` steps: one takes minutes on a CPU)
 * ``optimizers.Muon`` / (Newton–Schulz FLOPs ÷ measured fp32 matmul rate)             goal ≤ 1.5
+* ``optimizers.Muon(ns_method="auto")`` (Gram Newton–Schulz on the long matrices) against the same
+  model and against the default ``optimizers.Muon``
 * optimizer-state buffers per matrix: Muon 1, AdamW 2
 
 Usage::
@@ -139,17 +141,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     )
 
     # Muon: ours on everything (matrices → Muon, vectors → AdamW rule).
-    muon_p = clone_params(base)
+    muon_p, gram_p = clone_params(base), clone_params(base)
     ours_muon = optimizers.Muon(muon_p, lr=0.02, ns_steps=args.ns_steps)
+    # Opt-in Gram Newton–Schulz for matrices with aspect ratio >= 2 (fp32 on CPU).
+    ours_gram = optimizers.Muon(gram_p, lr=0.02, ns_steps=args.ns_steps, ns_method="auto")
     # FLOP model: NS FLOPs of all matrices ÷ the fp32 GEMM rate, probed between our Muon steps so both
     # see the same load on a shared machine.
     a, b = torch.randn(args.width, args.width), torch.randn(args.width, 4 * args.width)
     gemm_flops = 2 * args.width * args.width * 4 * args.width
     muon_times = time_interleaved(
-        {"ours": ours_muon.step, "gemm": lambda: [torch.mm(a, b) for _ in range(GEMMS_PER_PROBE)]},
+        {
+            "ours": ours_muon.step,
+            "ours_gram": ours_gram.step,
+            "gemm": lambda: [torch.mm(a, b) for _ in range(GEMMS_PER_PROBE)],
+        },
         args.muon_steps, args.warmup,
     )
-    ours_muon_times = muon_times["ours"]
+    ours_muon_times, gram_times = muon_times["ours"], muon_times["ours_gram"]
     rate_times = [t / GEMMS_PER_PROBE for t in muon_times["gemm"]]
     rate = gemm_flops / statistics.median(rate_times)
     ns_flops = sum(newton_schulz_flops(m, n, args.ns_steps) for m, n in matrices)
@@ -174,6 +182,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
              peer_s=med(torch_muon_times) if torch_muon_times else None, goal=0.05),
         dict(name="Muon step vs NS FLOP model", ours_s=med(ours_muon_times),
              peer=f"{ns_flops / 1e9:.1f} GFLOP ÷ {rate / 1e9:.1f} GFLOP/s", peer_s=ideal, goal=1.5),
+        dict(name="Muon(ns_method='auto') vs NS FLOP model", ours_s=med(gram_times),
+             peer="same model (standard-NS FLOPs)", peer_s=ideal, goal=1.5),
+        dict(name="Muon(ns_method='auto') vs Muon()", ours_s=med(gram_times),
+             peer="optimizers.Muon() (standard NS)", peer_s=med(ours_muon_times), goal=1.0),
     ]
     for r in rows:
         r["ratio"] = r["ours_s"] / r["peer_s"] if r["peer_s"] else None
@@ -188,7 +200,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "rows": rows,
         "raw_times_s": {
             "adamw_ours": adamw_times["ours"], "adamw_torch_fused": adamw_times["torch_fused"],
-            "muon_ours": ours_muon_times, "muon_torch": torch_muon_times, "matmul_per_gemm": rate_times,
+            "muon_ours": ours_muon_times, "muon_ours_gram": gram_times, "muon_torch": torch_muon_times, "matmul_per_gemm": rate_times,
         },
         "state": {
             "muon_full_size_buffers_per_matrix": muon_buffers, "muon_state_bytes": muon_bytes,

@@ -44,6 +44,39 @@ def first_nonfinite(grads: Sequence[Tensor]) -> int | None:
 GroupGrads = list[tuple[dict, list[Tensor], list[Tensor]]]
 
 
+def _local(g: Tensor) -> Tensor:
+    """The rank-local part of a (possibly DTensor) gradient: the check itself issues no collective."""
+    if torch.distributed.is_available():
+        from torch.distributed.tensor import DTensor
+
+        if isinstance(g, DTensor):
+            return g.to_local()
+    return g
+
+
+def _on_any_rank(flag: bool, grads: Sequence[Tensor]) -> bool:
+    """``flag`` OR-ed over the ranks that hold shards of ``grads`` (DTensor / FSDP2); else ``flag``.
+
+    Each rank sees only its own shards, so without this one rank could skip the step (or raise) while
+    the others step and then wait for it forever in the optimizer's collectives.
+    """
+    if not torch.distributed.is_available():
+        return flag
+    from torch.distributed.tensor import DTensor
+
+    meshes = []
+    for g in grads:
+        if isinstance(g, DTensor) and g.device_mesh not in meshes:
+            meshes.append(g.device_mesh)
+    if not meshes:
+        return flag
+    result = torch.tensor(float(flag), device=torch.device(meshes[0].device_type))
+    for mesh in meshes:
+        for dim in range(mesh.ndim):
+            torch.distributed.all_reduce(result, op=torch.distributed.ReduceOp.MAX, group=mesh.get_group(dim))
+    return bool(result.item())
+
+
 def gather_checked_grads(optimizer: Optimizer, nonfinite: str | None) -> GroupGrads | None:
     """Collect ``(group, params_with_grad, grads)`` for every group, checking all gradients first.
 
@@ -77,10 +110,15 @@ def gather_checked_grads(optimizer: Optimizer, nonfinite: str | None) -> GroupGr
             all_grads.append(g)
         out.append((group, params, grads))
     if nonfinite is not None:
-        bad = first_nonfinite(all_grads)
-        if bad is not None:
+        bad = first_nonfinite([_local(g) for g in all_grads])
+        if _on_any_rank(bad is not None, all_grads):
             if nonfinite == "skip":
                 return None
+            if bad is None:
+                raise FloatingPointError(
+                    "a gradient shard held by another rank is non-finite (NaN or inf); "
+                    "no parameter or optimizer state was modified"
+                )
             gi, pi = labels[bad]
             group = optimizer.param_groups[gi]
             raise FloatingPointError(

@@ -37,7 +37,7 @@ from . import _validation as V
 from ._nonfinite import gather_checked_grads
 from .adamw import ADAMW_GROUP_DEFAULTS, adamw_group_update, check_adamw_group, choose_path
 from .lr_scale import LR_SCALE_RULES, lr_scale
-from .newton_schulz import check_coefficients, newton_schulz
+from .newton_schulz import NS_METHODS, check_coefficients, default_ns_dtype, newton_schulz
 
 __all__ = ["Muon", "matrix_fans", "muon_momentum", "orthogonalize_updates"]
 
@@ -92,6 +92,7 @@ def orthogonalize_updates(
     coefficients: str | Sequence[Sequence[float]],
     dtype: torch.dtype | None,
     group: Any = None,
+    method: Literal["standard", "gram", "auto"] = "standard",
 ) -> list[Tensor]:
     """Newton–Schulz of every update, batching same-shaped matrices into one call.
 
@@ -102,6 +103,10 @@ def orthogonalize_updates(
     ``optimizers._distributed.orthogonalize_dtensors`` (same signature); with a process ``group``
     (DDP: the same updates on every rank) to ``optimizers._distributed.orthogonalize_replicated``,
     which gives each rank ~1/W of the matrices and all-gathers the results.
+
+    ``method`` picks the local Newton–Schulz variant (see :func:`optimizers.newton_schulz`); ``"auto"``
+    uses ``"gram"`` for matrices with long side ≥ 2× the short side when computing in fp32/fp64, else
+    ``"standard"``.
     """
     if any(_is_dtensor(u) for u in updates):
         from ._distributed import orthogonalize_dtensors  # lazy: only needed for sharded updates
@@ -128,7 +133,10 @@ def orthogonalize_updates(
         else:
             batch = torch.cat([wide[i].reshape(-1, *mn) for i in idx])
         # A fresh stack is ours, so NS may normalize it in place; a lone update is read only.
-        result = newton_schulz(batch, steps=steps, coefficients=coefficients, dtype=dtype, _overwrite_input=len(idx) > 1)
+        result = newton_schulz(
+            batch, steps=steps, coefficients=coefficients, dtype=dtype,
+            method=_resolve_method(method, mn, batch, dtype), _overwrite_input=len(idx) > 1,
+        )
         if len(idx) == 1:
             pieces = [result]
         else:
@@ -137,6 +145,14 @@ def orthogonalize_updates(
             piece = piece.reshape(wide[i].shape)
             out[i] = piece.mT if updates[i].shape[-2] > updates[i].shape[-1] else piece
     return out  # type: ignore[return-value]
+
+
+def _resolve_method(method: str, mn: tuple[int, ...], batch: Tensor, dtype: torch.dtype | None) -> str:
+    if method != "auto":
+        return method
+    compute = default_ns_dtype(batch.device) if dtype is None else dtype
+    m, n = mn  # wide: m <= n
+    return "gram" if compute in (torch.float32, torch.float64) and n >= 2 * m else "standard"
 
 
 def _coefficients_key(coefficients: Any) -> Any:
@@ -176,6 +192,9 @@ class Muon(Optimizer):
         ns_coefficients: ``"quintic"`` (Keller Jordan, default) or ``"polar_express"``.
         lr_scale: ``"spectral"`` (default), ``"match_rms_adamw"`` or ``"none"`` (optimizers.lr_scale).
         ns_dtype: Newton–Schulz compute dtype; ``None`` = bf16 on CUDA, fp32 elsewhere.
+        ns_method: ``"standard"`` (default), ``"gram"`` or ``"auto"`` (Gram Newton–Schulz for matrices
+            with aspect ratio ≥ 2 when computing in fp32: the same polynomials in fewer FLOPs, ~1.6× faster
+            on a CPU for a GPT's 512×1536/512×2048 matrices, with more rounding; see newton_schulz).
         adamw_lr, adamw_betas, adamw_eps, adamw_weight_decay: defaults of the AdamW-rule groups
             (3e-4, (0.9, 0.95), 1e-8, 0.0).
         decay: ``"lr"`` or ``"independent"`` weight decay for both rules (per-group key ``decay``).
@@ -199,6 +218,7 @@ class Muon(Optimizer):
         ns_coefficients: Literal["quintic", "polar_express"] | Sequence[Sequence[float]] = "quintic",
         lr_scale: Literal["spectral", "match_rms_adamw", "none"] = "spectral",
         ns_dtype: torch.dtype | None = None,
+        ns_method: Literal["standard", "gram", "auto"] = "standard",
         adamw_lr: float | Tensor = 3e-4,
         adamw_betas: tuple[float, float] = (0.9, 0.95),
         adamw_eps: float = 1e-8,
@@ -218,6 +238,8 @@ class Muon(Optimizer):
         check_muon_group(self.muon_defaults)
         check_adamw_group(self.adamw_defaults, prefix="adamw_")
         V.check_float_dtype("ns_dtype", ns_dtype)
+        V.check_choice("ns_method", ns_method, (*NS_METHODS, "auto"))
+        self.ns_method = ns_method
         V.check_choice("nonfinite", nonfinite, V.NONFINITE_MODES)
         self.ns_dtype = ns_dtype
         self.nonfinite = nonfinite
@@ -280,7 +302,7 @@ class Muon(Optimizer):
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
-        for key in ("muon_defaults", "adamw_defaults", "ns_dtype", "nonfinite", "skipped_steps", "process_group"):
+        for key in ("muon_defaults", "adamw_defaults", "ns_dtype", "ns_method", "nonfinite", "skipped_steps", "process_group"):
             state[key] = getattr(self, key)
         return state
 
@@ -292,7 +314,7 @@ class Muon(Optimizer):
             if group["algorithm"] == "adamw":
                 for key, value in ADAMW_GROUP_DEFAULTS.items():
                     group.setdefault(key, value)
-        for key, value in (("skipped_steps", 0), ("nonfinite", None), ("ns_dtype", None), ("process_group", None)):
+        for key, value in (("skipped_steps", 0), ("nonfinite", None), ("ns_dtype", None), ("ns_method", "standard"), ("process_group", None)):
             self.__dict__.setdefault(key, value)
 
     def state_dict(self) -> dict[str, Any]:
@@ -346,7 +368,7 @@ class Muon(Optimizer):
         for (steps, coefficients), items in pending.items():
             orthogonal = orthogonalize_updates(
                 [as_matrices(u) for _, _, u in items], steps=steps, coefficients=coefficients, dtype=self.ns_dtype,
-                group=self.process_group,
+                group=self.process_group, method=self.ns_method,
             )
             for (group, p, _), o in zip(items, orthogonal):
                 _apply_muon_update(p, o.reshape(p.shape), group)

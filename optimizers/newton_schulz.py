@@ -35,18 +35,22 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor
 
 __all__ = [
     "NS_COEFFICIENTS",
+    "NS_METHODS",
     "default_ns_dtype",
     "newton_schulz",
     "newton_schulz_flops",
 ]
 
 Coefficients = tuple[float, float, float]
+
+NS_METHODS = ("standard", "gram")
 
 _CLASSICAL_QUINTIC: Coefficients = (15.0 / 8.0, -10.0 / 8.0, 3.0 / 8.0)
 
@@ -112,6 +116,7 @@ def newton_schulz(
     eps: float = 1e-7,
     dtype: torch.dtype | None = None,
     *,
+    method: Literal["standard", "gram"] = "standard",
     _overwrite_input: bool = False,
 ) -> Tensor:
     """Approximate the polar factor ``U Vᵀ`` of every matrix in ``G`` (shape ``[..., m, n]``).
@@ -126,6 +131,10 @@ def newton_schulz(
         coefficients: ``"quintic"`` (default), ``"polar_express"`` or a sequence of (a, b, c).
         eps: floor of the normalizing norm (default 1e-7), so a zero matrix maps to zero.
         dtype: compute dtype; ``None`` picks bfloat16 on CUDA and float32 elsewhere.
+        method: ``"standard"`` iterates on X (default). ``"gram"`` runs the same polynomials on the m×m
+            Gram matrix (see :func:`_iterate_gram`): fewer FLOPs when n ≥ 2·m (1.5× at n = 3m,
+            1.8× at n = 4m), at the cost of more rounding (fp32: ≤ ~5e-4 relative on ill-conditioned
+            input, vs ~1e-5); meant for fp32 on CPUs, not for bf16.
         _overwrite_input: private; the caller owns ``G`` (a fresh stack) and lets it be reused as a buffer.
 
     Returns:
@@ -141,6 +150,8 @@ def newton_schulz(
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
     if not (isinstance(eps, (int, float)) and eps > 0 and math.isfinite(eps)):
         raise ValueError(f"eps must be a positive finite float, got {eps!r}")
+    if method not in NS_METHODS:
+        raise ValueError(f"method must be one of {NS_METHODS}, got {method!r}")
     schedule = _schedule(coefficients)
     dtype = default_ns_dtype(G.device) if dtype is None else dtype
     if not dtype.is_floating_point:
@@ -153,7 +164,7 @@ def newton_schulz(
     if tall:
         X = X.mT
     X = _normalize(X, schedule.norm_scale, eps, dtype, overwrite=_overwrite_input)
-    X = _iterate(X, schedule, steps)
+    X = _iterate_gram(X, schedule, steps) if method == "gram" else _iterate(X, schedule, steps)
     if tall:
         X = X.mT
     return X.reshape(shape)
@@ -193,6 +204,28 @@ def _iterate(X: Tensor, schedule: _Schedule, steps: int) -> Tensor:
         torch.bmm(B, X, out=spare)
         X, spare = spare, X
     return X
+
+
+def _iterate_gram(X: Tensor, schedule: _Schedule, steps: int) -> Tensor:
+    """The same iteration on the Gram matrix ``R = X Xᵀ`` (m×m), touching the m×n X only twice.
+
+    Each step is ``X_{k+1} = P_k X_k`` with ``P_k = a·I + b·R_k + c·R_k²``; P_k is a polynomial in R_k, so
+    the two commute and ``R_{k+1} = P_k R_k P_k``. Hence ``X_K = Q X_0`` with ``Q = P_{K−1}···P_0``:
+    ``2·m²·n`` (R) + ``2·m²·n`` (Q X) + ``(4·K − 3)·2·m³`` FLOPs instead of ``K·(4·m²·n + 2·m³)``
+    (Gram Newton–Schulz, as in Dao-AILab's gram-newton-schulz).
+    """
+    R = torch.bmm(X, X.mT)
+    a, b, c = schedule.at(0)
+    P = torch.baddbmm(R, R, R, beta=b, alpha=c)
+    P.diagonal(dim1=-2, dim2=-1).add_(a)
+    Q = P
+    for k in range(1, steps):
+        R = torch.bmm(P, torch.bmm(R, P))
+        a, b, c = schedule.at(k)
+        P = torch.baddbmm(R, R, R, beta=b, alpha=c)
+        P.diagonal(dim1=-2, dim2=-1).add_(a)
+        Q = torch.bmm(P, Q)
+    return torch.bmm(Q, X)
 
 
 def newton_schulz_flops(m: int, n: int, steps: int = 5) -> int:

@@ -21,7 +21,13 @@ def test_quick_run_writes_json_with_every_comparison(tmp_path: Path) -> None:
     saved = json.loads(out.read_text())
     assert saved["rows"] == json.loads(json.dumps(result["rows"]))
     names = [r["name"] for r in saved["rows"]]
-    assert names == ["AdamW step", "Muon step vs torch.optim.Muon", "Muon step vs NS FLOP model"]
+    assert names == [
+        "AdamW step",
+        "Muon step vs torch.optim.Muon",
+        "Muon step vs NS FLOP model",
+        "Muon(ns_method='auto') vs NS FLOP model",
+        "Muon(ns_method='auto') vs Muon()",
+    ]
     for row in saved["rows"]:
         assert row["ours_s"] > 0 and row["peer_s"] > 0
         assert row["ratio"] == pytest.approx(row["ours_s"] / row["peer_s"])

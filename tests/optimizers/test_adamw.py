@@ -112,13 +112,14 @@ def test_independent_decay_is_lr_free_and_applied_before_the_update() -> None:
 
 def test_first_step_moves_each_entry_by_lr() -> None:
     lr = 1e-3
-    p = torch.randn(64, 32, requires_grad=True)
+    gen = torch.Generator().manual_seed(0)
+    p = torch.randn(64, 32, generator=gen, dtype=torch.float64, requires_grad=True)
     start = p.detach().clone()
     opt = AdamW([p], lr=lr, weight_decay=0.0)
-    p.grad = torch.randn(64, 32)
+    p.grad = torch.randn(64, 32, generator=gen, dtype=torch.float64)
     opt.step()
-    # m̂ = g, v̂ = g², so the step is lr·g/(|g| + eps) ≈ lr·sign(g).
-    assert torch.allclose((start - p.detach()), lr * p.grad.sign(), rtol=1e-4)
+    # m̂ = g, v̂ = g², so the step is lr·g/(|g| + eps) ≈ lr·sign(g) (float64: no rounding in p − lr).
+    assert torch.allclose(start - p.detach(), lr * p.grad.sign(), rtol=1e-4, atol=0)
 
 
 def test_zero_gradient_only_decays_and_no_gradient_leaves_untouched() -> None:

@@ -115,6 +115,21 @@ def test_muon_matches_float64_reference(setting: str) -> None:
             assert torch.equal(p, q)
 
 
+@pytest.mark.parametrize("ns_method", ["gram", "auto"])
+def test_muon_gram_newton_schulz_matches_float64_reference(ns_method: str) -> None:
+    start = _tensors(MATRIX_SHAPES, seed=0)
+    ps = [t.float().requires_grad_() for t in start]
+    opt = Muon(ps, ns_method=ns_method)
+    ref, bufs = [t.clone() for t in start], [torch.zeros_like(t) for t in start]
+    for step in range(5):
+        grads = _set_grads(ps, step)
+        opt.step()
+        for i, g in enumerate(grads):
+            ref[i], bufs[i] = ref_muon_step(ref[i], bufs[i], g.float().double(), **opt.muon_defaults)
+    for p, r in zip(ps, ref):
+        assert torch.allclose(p.detach().double(), r, rtol=1e-4, atol=2e-5)
+
+
 def test_group_without_algorithm_is_split_by_ndim() -> None:
     w, b = torch.randn(8, 4, requires_grad=True), torch.randn(8, requires_grad=True)
     opt = Muon([{"params": [w, b], "lr": 0.01, "weight_decay": 0.2, "betas": (0.8, 0.9)}],
@@ -287,6 +302,7 @@ def test_deepcopy_continues_identically() -> None:
         (dict(ns_dtype=torch.int32), "ns_dtype: torch.int32"),
         (dict(nonfinite="warn"), "nonfinite: 'warn'"),
         (dict(decay="cosine"), "decay: 'cosine'"),
+        (dict(ns_method="svd"), "ns_method: 'svd'"),
     ],
 )
 def test_bad_hyperparameters_raise_value_error_naming_them(kwargs: dict, needle: str) -> None:

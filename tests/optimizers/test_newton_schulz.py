@@ -108,6 +108,18 @@ def test_orthogonalize_updates_matches_newton_schulz_per_update(seed: int) -> No
         assert torch.allclose(o, newton_schulz(u), atol=1e-5)
 
 
+@given(m=dims, n=dims, k=st.integers(1, 3), seed=seeds, coefficients=st.sampled_from(["quintic", "polar_express"]))
+def test_gram_method_computes_the_same_polynomial_as_standard(m: int, n: int, k: int, seed: int, coefficients: str) -> None:
+    G = _matrix(m, n, seed, batch=(k,))
+    f64 = torch.float64
+    exact = newton_schulz(G, coefficients=coefficients, dtype=f64)
+    gram = newton_schulz(G.float(), coefficients=coefficients, method="gram").double()  # fp32 compute
+    assert gram.shape == G.shape
+    assert (gram - exact).norm() <= 1e-3 * exact.norm()
+    # In float64 the two are the same map up to rounding.
+    assert torch.allclose(newton_schulz(G, coefficients=coefficients, method="gram", dtype=f64), exact, atol=1e-9)
+
+
 def test_zero_matrix_maps_to_zero() -> None:
     assert torch.equal(newton_schulz(torch.zeros(4, 6)), torch.zeros(4, 6))
 
@@ -135,6 +147,7 @@ def test_custom_coefficients_match_named_schedule() -> None:
         (dict(coefficients=[(1.0, 2.0)]), "coefficients"),
         (dict(eps=0.0), "eps"),
         (dict(eps=-1.0), "eps"),
+        (dict(method="svd"), "method"),
     ],
 )
 def test_newton_schulz_rejects_bad_arguments(kwargs: dict, match: str) -> None:
