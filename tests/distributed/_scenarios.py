@@ -410,3 +410,26 @@ def benchmark_smoke(ctx: Context) -> dict:
         summary = bench.main(common + ["--parallel", parallel, "--json", str(path)])
         out[parallel] = {"summary": summary, "json_written": path.exists() if ctx.rank == 0 else None}
     return out
+
+
+def fsdp_nonfinite_shard(ctx: Context) -> dict:
+    """A NaN in one rank's gradient shard: every rank skips the step (or every rank raises)."""
+    data = batches(1)
+    out = {}
+    for mode in ("skip", "raise"):
+        model, mp = build("none")
+        shard_fsdp(model, init_device_mesh("cpu", (ctx.world_size,)))
+        opt = make_optimizer(mp, nonfinite=mode)
+        before = full_state(model)
+        per = GLOBAL_BATCH // ctx.world_size
+        x = data[0, ctx.rank * per : (ctx.rank + 1) * per]
+        model(x[:, :-1], x[:, 1:]).backward()
+        if ctx.rank == 0:
+            model.blocks[0].mlp.up_proj.weight.grad.to_local().view(-1)[0] = float("nan")
+        try:
+            opt.step()
+            out[mode] = {"raised": False, "skipped_steps": opt.skipped_steps}
+        except FloatingPointError:
+            out[mode] = {"raised": True, "skipped_steps": opt.skipped_steps}
+        out[mode]["unchanged"] = max_diff(full_state(model), before) == 0.0
+    return out

@@ -75,3 +75,12 @@ def test_roles_and_multipliers_survive_fully_shard(dist_results):
     for res in scenario_results(results, "fsdp_muon_multipliers"):
         assert res["roles_kept"]
         assert res["n_multipliers"] > 0
+
+
+def test_nonfinite_gradient_in_one_shard_is_handled_on_every_rank(dist_results):
+    # Each rank checks only its own shards; the decision must still be the same on all ranks, or the
+    # ranks that step would wait forever for the one that skipped.
+    results, world = dist_results
+    for res in scenario_results(results, "fsdp_nonfinite_shard"):
+        assert res["skip"] == {"raised": False, "skipped_steps": 1, "unchanged": True}
+        assert res["raise"]["raised"] and res["raise"]["unchanged"]
