@@ -11,7 +11,8 @@ Contenders (same weights, same batch, same optimizer ``torch.optim.AdamW`` and t
 * forward only: ``fold()``-ed model vs plain model (the folded model *is* a plain model).
 
 Ratios reported: each step time ÷ ``plain`` (goal for ``vector/auto``: ≤ 1.05 on CPU) and
-folded forward ÷ plain forward (goal ≤ 1.02, i.e. no inference cost).
+folded forward ÷ plain forward (goal ≤ 1.02, i.e. no inference cost), as a ratio of medians (the
+goal is judged on it) and as a ratio of minima (less sensitive to other load on the machine).
 
 Usage::
 
@@ -143,9 +144,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     plain_fwd = med(fwd_times["plain"])
     rows.append(dict(name="forward folded", ours_s=med(fwd_times["folded"]), peer="plain", peer_s=plain_fwd, goal=1.02))
     rows.append(dict(name="forward vector/auto", ours_s=med(fwd_times["vector/auto"]), peer="plain", peer_s=plain_fwd, goal=None))
+    mins = {("train step " + k): (min(v), min(step_times["plain"])) for k, v in step_times.items()}
+    mins.update({("forward " + k): (min(v), min(fwd_times["plain"])) for k, v in fwd_times.items()})
     for r in rows:
         r["ratio"] = r["ours_s"] / r["peer_s"]
         r["meets_goal"] = (r["ratio"] <= r["goal"]) if r["goal"] is not None else None
+        # The fastest call is the least disturbed by other load on a shared machine.
+        ours_min, peer_min = mins[r["name"]]
+        r["ratio_of_minima"] = ours_min / peer_min
     n_params = sum(p.numel() for p in base.parameters())
     n_mult = sum(p.numel() for p in vector_mp.multiplier_parameters())
     return {
@@ -167,12 +173,12 @@ def render(result: dict[str, Any], console: Console) -> None:
         f"(+{result['multiplier_parameters']:,} multipliers), {result['tokens_per_step']} tokens/step, "
         f"{result['machine']['threads']} threads"
     )
-    for col in ("comparison", "median", "peer", "peer median", "ratio", "goal", "ok"):
+    for col in ("comparison", "median", "peer", "peer median", "ratio", "ratio of minima", "goal", "ok"):
         table.add_column(col, justify="left" if col in ("comparison", "peer") else "right")
     for r in result["rows"]:
         ok = "-" if r["meets_goal"] is None else ("yes" if r["meets_goal"] else "NO")
         goal = "-" if r["goal"] is None else f"≤ {r['goal']:.2f}"
-        table.add_row(r["name"], f"{r['ours_s'] * 1e3:.2f} ms", r["peer"], f"{r['peer_s'] * 1e3:.2f} ms", f"{r['ratio']:.3f}", goal, ok)
+        table.add_row(r["name"], f"{r['ours_s'] * 1e3:.2f} ms", r["peer"], f"{r['peer_s'] * 1e3:.2f} ms", f"{r['ratio']:.3f}", f"{r['ratio_of_minima']:.3f}", goal, ok)
     console.print(table)
     console.print(f"fold max relative error: {result['fold_max_relative_error']:.2e}")
 

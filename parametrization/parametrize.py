@@ -423,8 +423,11 @@ def parametrize(
             matched get none. Multipliers start at 1 (or at the muP factor, below).
         roles: ``{fqn_glob: role}`` overrides of the detected roles (``"matrix"``,
             ``"embedding"``, ``"head"``, ``"vector"``); later globs win.
-        base_width: turns on muP: an int (the width the hyperparameters were tuned at) or a base
-            model of the same architecture. See :mod:`parametrization.mup`.
+        base_width: turns on muP: an int (the width the hyperparameters were tuned at; every
+            matrix then gets m = width / base_width, right for transformers whose inputs are
+            embeddings) or a base model of the same architecture (per-matrix fan-in ratios, needed
+            when some matrix has a fixed fan-in, e.g. an MLP's first layer on raw features).
+            See :mod:`parametrization.mup`.
         width: this model's width for an int ``base_width``; default: the head's fan-in.
         init_std: with ``base_width``, redraw hidden matrices from N(0, (init_std/sqrt(m))²),
             ``init_std`` being the std at the base width. ``None`` keeps the model's own init
