@@ -100,13 +100,15 @@ def assign_owners(costs: Sequence[float], world_size: int) -> list[int]:
 
 
 def _default_orthogonalize(
-    steps: int, coefficients: str | Sequence[Sequence[float]], dtype: torch.dtype | None
+    steps: int, coefficients: str | Sequence[Sequence[float]], dtype: torch.dtype | None, method: str
 ) -> Orthogonalize:
     # Muon's own local path (same-shape batching, tall matrices transposed), so a sharded run does
     # exactly the single-process arithmetic on each whole matrix. Lazy: muon.py imports this module.
     from optimizers.muon import orthogonalize_updates
 
-    return functools.partial(orthogonalize_updates, steps=steps, coefficients=coefficients, dtype=dtype)
+    return functools.partial(
+        orthogonalize_updates, steps=steps, coefficients=coefficients, dtype=dtype, method=method
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -120,6 +122,7 @@ def orthogonalize_dtensors(
     steps: int = 5,
     coefficients: str | Sequence[Sequence[float]] = "quintic",
     dtype: torch.dtype | None = None,
+    method: str = "standard",
     orthogonalize: Orthogonalize | None = None,
 ) -> list[Tensor]:
     """Orthogonalize each update as a whole matrix, with the work split across the ranks.
@@ -127,7 +130,7 @@ def orthogonalize_dtensors(
     Args:
         updates: ``[..., m, n]`` tensors; DTensors keep their mesh and placements in the result.
             Plain tensors are orthogonalized locally. The list must be the same on every rank.
-        steps, coefficients, dtype: Newton–Schulz settings, passed to Muon's local path
+        steps, coefficients, dtype, method: Newton–Schulz settings, passed to Muon's local path
             :func:`optimizers.muon.orthogonalize_updates` (unless ``orthogonalize`` is given).
         orthogonalize: optional replacement for that local path: maps a list of whole plain
             matrices to their orthogonalized matrices.
@@ -137,7 +140,7 @@ def orthogonalize_dtensors(
         regrouped and replicated updates come back in the update's dtype (the collectives need one
         dtype known to every rank); the others in the orthogonalizer's output dtype.
     """
-    orth = orthogonalize or _default_orthogonalize(steps, coefficients, dtype)
+    orth = orthogonalize or _default_orthogonalize(steps, coefficients, dtype, method)
     out: list[Tensor | None] = [None] * len(updates)
     plain: list[int] = []
     regroup: dict[Hashable, list[int]] = {}  # mesh -> indices of dim-sharded matrices
@@ -296,6 +299,7 @@ def orthogonalize_replicated(
     steps: int = 5,
     coefficients: str | Sequence[Sequence[float]] = "quintic",
     dtype: torch.dtype | None = None,
+    method: str = "standard",
     orthogonalize: Orthogonalize | None = None,
 ) -> list[Tensor]:
     """Orthogonalize updates that are identical on every rank (DDP), each rank doing ~1/W of them.
@@ -307,9 +311,9 @@ def orthogonalize_replicated(
     Args:
         updates: plain ``[..., m, n]`` tensors, the same values on every rank of ``group``.
         group: the process group (default: the world). With one rank this is a local call.
-        steps, coefficients, dtype, orthogonalize: as in :func:`orthogonalize_dtensors`.
+        steps, coefficients, dtype, method, orthogonalize: as in :func:`orthogonalize_dtensors`.
     """
-    orth = orthogonalize or _default_orthogonalize(steps, coefficients, dtype)
+    orth = orthogonalize or _default_orthogonalize(steps, coefficients, dtype, method)
     for i, u in enumerate(updates):
         if isinstance(u, DTensor):
             raise TypeError(f"updates[{i}] is a DTensor; use orthogonalize_dtensors for DTensors")

@@ -111,11 +111,13 @@ def orthogonalize_updates(
     if any(_is_dtensor(u) for u in updates):
         from ._distributed import orthogonalize_dtensors  # lazy: only needed for sharded updates
 
-        return orthogonalize_dtensors(updates, steps=steps, coefficients=coefficients, dtype=dtype)
+        return orthogonalize_dtensors(updates, steps=steps, coefficients=coefficients, dtype=dtype, method=method)
     if group is not None:
         from ._distributed import orthogonalize_replicated
 
-        return orthogonalize_replicated(updates, group=group, steps=steps, coefficients=coefficients, dtype=dtype)
+        return orthogonalize_replicated(
+            updates, group=group, steps=steps, coefficients=coefficients, dtype=dtype, method=method
+        )
 
     wide: list[Tensor] = []
     buckets: dict[tuple[Any, ...], list[int]] = {}

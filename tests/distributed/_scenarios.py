@@ -172,9 +172,9 @@ def train(model, opt, mp, data: torch.Tensor, rank: int, world: int, clip: float
     return norms
 
 
-def reference(multipliers: str, data: torch.Tensor, clip: float | None):
+def reference(multipliers: str, data: torch.Tensor, clip: float | None, **opt_kw):
     model, mp = build(multipliers)
-    opt = make_optimizer(mp)
+    opt = make_optimizer(mp, **opt_kw)
     norms = train(model, opt, mp, data, 0, 1, clip)
     return model, mp, norms, group_summary(opt)
 
@@ -184,12 +184,14 @@ def group_summary(opt) -> list[tuple]:
 
 
 @contextlib.contextmanager
-def count_newton_schulz(counts: list[int]):
+def count_newton_schulz(counts: list[int], methods: set | None = None):
     """Count the whole matrices this rank hands to Newton–Schulz (through Muon's local path)."""
     original = muon_module.newton_schulz
 
     def counting(x, *args, **kwargs):
         counts.append(x.shape[0] if x.ndim == 3 else 1)
+        if methods is not None:
+            methods.add(kwargs.get("method"))
         return original(x, *args, **kwargs)
 
     muon_module.newton_schulz = counting
@@ -203,16 +205,17 @@ def _n_muon_matrices(opt) -> int:
     return sum(len(g["params"]) for g in opt.param_groups if g["algorithm"] == "muon")
 
 
-def _fsdp_parity(ctx: Context, multipliers: str, clip: float | None) -> dict:
+def _fsdp_parity(ctx: Context, multipliers: str, clip: float | None, **opt_kw) -> dict:
     data = batches(STEPS)
-    ref_model, ref_mp, ref_norms, ref_groups = reference(multipliers, data, clip)
+    ref_model, ref_mp, ref_norms, ref_groups = reference(multipliers, data, clip, **opt_kw)
     mesh = init_device_mesh("cpu", (ctx.world_size,))
     model, mp = build(multipliers)
     roles_before = mp.roles
     shard_fsdp(model, mesh)
-    opt = make_optimizer(mp)
+    opt = make_optimizer(mp, **opt_kw)
     counts: list[int] = []
-    with count_newton_schulz(counts):
+    methods: set = set()
+    with count_newton_schulz(counts, methods):
         norms = train(model, opt, mp, data, ctx.rank, ctx.world_size, clip)
     uneven = [n for n, p in model.named_parameters() if p.shape[0] % ctx.world_size]
     return {
@@ -226,7 +229,12 @@ def _fsdp_parity(ctx: Context, multipliers: str, clip: float | None) -> dict:
         "roles_kept": mp.roles == roles_before == ref_mp.roles,
         "n_multipliers": len(mp.multiplier_parameters()),
         "groups_match": group_summary(opt) == ref_groups,
+        "ns_methods": sorted(map(str, methods)),
     }
+
+
+def fsdp_muon_gram(ctx: Context) -> dict:
+    return _fsdp_parity(ctx, "none", clip=None, ns_method="gram")
 
 
 @contextlib.contextmanager
@@ -234,10 +242,8 @@ def orthogonalize_local_shards():
     """The common bug this library must not have: Newton–Schulz on each rank's local shard alone."""
     original = _distributed.orthogonalize_dtensors
 
-    def naive(updates, *, steps, coefficients, dtype):
-        locals_ = muon_module.orthogonalize_updates(
-            [u.to_local() for u in updates], steps=steps, coefficients=coefficients, dtype=dtype
-        )
+    def naive(updates, **ns_kwargs):
+        locals_ = muon_module.orthogonalize_updates([u.to_local() for u in updates], **ns_kwargs)
         return [
             DTensor.from_local(o, u.device_mesh, u.placements, shape=u.shape, stride=u.stride())
             for o, u in zip(locals_, updates)

@@ -12,6 +12,7 @@ SCENARIOS = {
         "orthogonalize_primitive",
         "orthogonalize_replicated",
         "fsdp_muon_plain",
+        "fsdp_muon_gram",
         "fsdp_muon_multipliers",
         "fsdp_adamw_multipliers",
         "ddp_muon_multipliers",

@@ -84,3 +84,9 @@ def test_nonfinite_gradient_in_one_shard_is_handled_on_every_rank(dist_results):
     for res in scenario_results(results, "fsdp_nonfinite_shard"):
         assert res["skip"] == {"raised": False, "skipped_steps": 1, "unchanged": True}
         assert res["raise"]["raised"] and res["raise"]["unchanged"]
+
+
+def test_fsdp_muon_passes_the_newton_schulz_method_through(dist2):
+    for res in scenario_results(dist2, "fsdp_muon_gram"):
+        assert res["ns_methods"] == ["gram"], res["ns_methods"]
+        assert res["max_diff"] < TOL
