@@ -55,9 +55,8 @@ def test_clip_grad_norm_is_the_global_norm(dist_results, scenario):
             assert got == pytest.approx(want, rel=1e-5)
 
 
-def test_fold_after_fsdp_training_gives_the_plain_model_of_the_single_process_run(dist_results):
-    results, world = dist_results
-    for res in scenario_results(results, "fsdp_fold"):
+def test_fold_after_fsdp_training_gives_the_plain_model_of_the_single_process_run(dist2):
+    for res in scenario_results(dist2, "fsdp_fold"):
         assert res["multiplier_keys"] == []
         assert res["state_diff"] < TOL
         assert res["logits_diff"] < TOL
@@ -77,11 +76,10 @@ def test_roles_and_multipliers_survive_fully_shard(dist_results):
         assert res["n_multipliers"] > 0
 
 
-def test_nonfinite_gradient_in_one_shard_is_handled_on_every_rank(dist_results):
+def test_nonfinite_gradient_in_one_shard_is_handled_on_every_rank(dist2):
     # Each rank checks only its own shards; the decision must still be the same on all ranks, or the
     # ranks that step would wait forever for the one that skipped.
-    results, world = dist_results
-    for res in scenario_results(results, "fsdp_nonfinite_shard"):
+    for res in scenario_results(dist2, "fsdp_nonfinite_shard"):
         assert res["skip"] == {"raised": False, "skipped_steps": 1, "unchanged": True}
         assert res["raise"]["raised"] and res["raise"]["unchanged"]
 
