@@ -201,6 +201,10 @@ class Muon(Optimizer):
             (3e-4, (0.9, 0.95), 1e-8, 0.0).
         decay: ``"lr"`` or ``"independent"`` weight decay for both rules (per-group key ``decay``).
         nonfinite: ``None``, ``"raise"`` or ``"skip"`` (as :class:`optimizers.AdamW`).
+
+    ``defaults`` (torch's) holds only ``lr`` and ``weight_decay``; the per-rule defaults that fill a group
+    are ``muon_defaults`` and ``adamw_defaults``. ``ns_dtype``, ``ns_method`` and ``nonfinite`` apply to
+    the whole optimizer and are not part of ``state_dict()``.
         process_group: under DDP, the data-parallel ``ProcessGroup`` (or ``torch.distributed.group.WORLD``)
             to split the Newton–Schulz work over: each rank orthogonalizes ~1/W of the matrices and the
             results are all-gathered. Every rank must step with the same (all-reduced) gradients.
