@@ -37,8 +37,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "quick": dict(model="tiny", model_overrides={}, steps=400, warmup_steps=20, batch_size=16, seq_len=64,
                   lrs=[3e-3, 1e-2], wds=[0.1, 1.0], seeds=[0, 1], shared=(1e-2, 1.0), common_wd=0.1,
                   eval_batches=16, multiplier_lrs=[None]),
-    "full": dict(model="small", model_overrides={}, steps=1500, warmup_steps=75, batch_size=32, seq_len=128,
-                 lrs=[3e-3, 1e-2], wds=[0.1, 1.0], seeds=[0, 1, 2], shared=(1e-2, 1.0), common_wd=0.1,
+    "full": dict(model="small", model_overrides={}, steps=1000, warmup_steps=50, batch_size=32, seq_len=128,
+                 lrs=[1e-3, 3e-3, 1e-2], wds=[0.1, 1.0], seeds=[0, 1, 2], shared=(1e-2, 1.0), common_wd=0.1,
                  eval_batches=32, multiplier_lrs=[None]),
 }
 
@@ -194,6 +194,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         console.print(mt)
         console.print("chosen multiplier lr: " + ", ".join(f"{k}={v}" for k, v in chosen_mlr.items() if ARMS[k].has_multipliers))
     wall = time.perf_counter() - start
+    cpu = sum(r.cpu_s for r in records)
+    console.print(f"CPU time of the runs {cpu:.0f} s (≈ {cpu / 2:.0f} s of wall on two idle cores)")
     console.print(f"total wall time {wall:.0f} s for {len(records) + len(mlr_sweep)} runs")
 
     out = dict(preset=args.preset, settings={**p, "cells": cells}, model=model_config.to_dict(), device=args.device, workers=workers,

@@ -12,6 +12,7 @@ import math
 import multiprocessing
 import os
 import statistics
+import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -139,6 +140,7 @@ class RunRecord:
     multiplier_scales: dict[str, float]
     train_loss: list[float]
     multiplier_lr: float | None = None  # the lr the multiplier group actually got (None: no multipliers)
+    cpu_s: float = float("nan")  # CPU time of the run's process (all its threads)
 
     def to_dict(self, *, curve_points: int = 200) -> dict[str, Any]:
         stride = max(1, len(self.train_loss) // curve_points)
@@ -174,7 +176,9 @@ def run(
         }
     )
     trainer = Trainer.from_config(model_config, cfg, corpus)
+    cpu_start = time.process_time()
     result = trainer.fit()
+    cpu_s = time.process_time() - cpu_start
     with torch.no_grad():
         rms, scales = matrix_rms(trainer.mp), multiplier_scales(trainer.mp)
     mult_lrs = {g["initial_lr"] for g in trainer.optimizer.param_groups if g.get("role") == "multiplier"}
@@ -192,6 +196,7 @@ def run(
         multiplier_scales=scales,
         train_loss=result.train_loss,
         multiplier_lr=mult_lrs.pop() if len(mult_lrs) == 1 else None,
+        cpu_s=cpu_s,
     )
 
 
@@ -247,7 +252,9 @@ def run_many(
 
 
 def default_workers(device: str) -> int:
-    """Two one-thread processes on a CPU with at least two cores; one process on an accelerator."""
+    """Parallel runs: two one-thread processes on a CPU with at least two cores; six processes
+    sharing one GPU (the small models are launch-bound: on an H200 six processes trained 32
+    `small` runs of 1000 steps in 148 s, about twice the throughput of one process)."""
     if device != "cpu" and (device != "auto" or torch.cuda.is_available()):
-        return 1
+        return max(1, min(6, (os.cpu_count() or 1) // 2))
     return max(1, min(2, os.cpu_count() or 1))

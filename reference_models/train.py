@@ -65,7 +65,7 @@ class TrainConfig:
     Optimizer: ``lr`` and ``weight_decay`` are the matrices' (Muon's with ``optimizer="muon"``);
     ``adamw_lr`` is the AdamW lr of the non-matrix parameters under Muon (``None``: ``lr``, which is
     the right scale with ``muon_lr_scale="match_rms_adamw"``); ``multiplier_lr`` ``None`` lets the
-    parametrization choose. Schedule: linear warmup over ``warmup_steps``, then ``schedule`` down to
+    parametrization choose; ``rules`` are per-role/glob overrides passed to ``mp.param_groups``. Schedule: linear warmup over ``warmup_steps``, then ``schedule`` down to
     ``min_lr_ratio`` (see :func:`lr_multiplier`); the weight decay is applied as ``lr * wd`` so it
     follows the schedule. ``eval_every=0`` evaluates only at the end.
     """
@@ -79,6 +79,7 @@ class TrainConfig:
     multipliers: Any = "none"
     multiplier_lr: float | None = None
     multiplier_weight_decay: float = 2e-3
+    rules: dict[str, dict[str, Any]] | None = None
     steps: int = 200
     warmup_steps: int = 20
     schedule: Schedule = "wsd"
@@ -238,6 +239,7 @@ def build_optimizer(mp: Any, cfg: TrainConfig) -> torch.optim.Optimizer:
         multiplier_lr=cfg.multiplier_lr,
         multiplier_weight_decay=cfg.multiplier_weight_decay,
         betas=cfg.betas,
+        rules=cfg.rules,
     )
     if cfg.optimizer == "adamw":
         return optimizers.AdamW(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
