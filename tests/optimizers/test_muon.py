@@ -130,6 +130,39 @@ def test_muon_gram_newton_schulz_matches_float64_reference(ns_method: str) -> No
         assert torch.allclose(p.detach().double(), r, rtol=1e-4, atol=2e-5)
 
 
+def test_per_group_muon_settings_override_defaults() -> None:
+    start = _tensors(MATRIX_SHAPES, seed=0)
+    ps = [t.float().requires_grad_() for t in start]
+    overrides = dict(lr=0.01, momentum=0.8, nesterov=False, weight_decay=0.3, ns_steps=3,
+                     ns_coefficients="polar_express", lr_scale="match_rms_adamw", decay="independent")
+    opt = Muon([{"params": ps[:3]}, {"params": ps[3:], **overrides}])
+    settings = [opt.muon_defaults] * 3 + [{**opt.muon_defaults, **overrides}] * (len(ps) - 3)
+    ref, bufs = [t.clone() for t in start], [torch.zeros_like(t) for t in start]
+    for step in range(4):
+        grads = _set_grads(ps, step)
+        opt.step()
+        for i, g in enumerate(grads):
+            ref[i], bufs[i] = ref_muon_step(ref[i], bufs[i], g.float().double(), **settings[i])
+    for p, r in zip(ps, ref):
+        assert torch.allclose(p.detach().double(), r, rtol=1e-5, atol=1e-6)
+
+
+def test_tensor_lr_gives_the_same_steps_as_float_lr() -> None:
+    start = _tensors(MATRIX_SHAPES + OTHER_SHAPES, seed=0)
+    a = [t.float().requires_grad_() for t in start]
+    b = [t.float().requires_grad_() for t in start]
+    opt_a = Muon(a, lr=0.02, adamw_lr=1e-3, adamw_weight_decay=0.1)
+    opt_b = Muon(b, lr=torch.tensor(0.02), adamw_lr=torch.tensor(1e-3), adamw_weight_decay=0.1)
+    for step in range(3):
+        grads = _set_grads(a, step)
+        for p, g in zip(b, grads):
+            p.grad = g.float()
+        opt_a.step()
+        opt_b.step()
+    assert all(torch.allclose(x, y, rtol=0, atol=1e-6) for x, y in zip(a, b))  # fp32 scalar rounding
+    assert not torch.equal(a[0].detach(), start[0].float())
+
+
 def test_group_without_algorithm_is_split_by_ndim() -> None:
     w, b = torch.randn(8, 4, requires_grad=True), torch.randn(8, requires_grad=True)
     opt = Muon([{"params": [w, b], "lr": 0.01, "weight_decay": 0.2, "betas": (0.8, 0.9)}],
