@@ -35,6 +35,7 @@ from rich.table import Table
 
 import optimizers
 from optimizers import newton_schulz_flops
+from optimizers.newton_schulz import default_ns_dtype
 
 
 def gpt_like_shapes(layers: int, width: int) -> list[tuple[int, ...]]:
@@ -46,12 +47,12 @@ def gpt_like_shapes(layers: int, width: int) -> list[tuple[int, ...]]:
     return shapes
 
 
-def make_params(shapes: Sequence[tuple[int, ...]], seed: int = 0) -> list[torch.Tensor]:
+def make_params(shapes: Sequence[tuple[int, ...]], seed: int = 0, device: str = "cpu") -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     params = []
     for s in shapes:
-        p = (torch.randn(s, generator=g) * 0.02).requires_grad_()
-        p.grad = torch.randn(s, generator=g)
+        p = (torch.randn(s, generator=g) * 0.02).to(device).requires_grad_()
+        p.grad = torch.randn(s, generator=g).to(device)
         params.append(p)
     return params
 
@@ -65,11 +66,18 @@ def clone_params(params: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     return out
 
 
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def time_steps(step: Callable[[], Any], n: int) -> list[float]:
     times = []
     for _ in range(n):
+        _sync()
         t0 = time.perf_counter()
         step()
+        _sync()
         times.append(time.perf_counter() - t0)
     return times
 
@@ -111,6 +119,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--ns-steps", type=int, default=5)
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    ap.add_argument("--device", default="cpu", help="cpu (the issue's setting) or cuda")
     ap.add_argument("--skip-torch-muon", action="store_true", help="do not time torch.optim.Muon")
     ap.add_argument("--quick", action="store_true", help="1 layer, width 64, few steps (smoke test)")
     ap.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
@@ -128,7 +137,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
     shapes = gpt_like_shapes(args.layers, args.width)
-    base = make_params(shapes)
+    base = make_params(shapes, device=args.device)
     matrices = [s for s in shapes if len(s) >= 2]
     n_params = sum(torch.Size(s).numel() for s in shapes)
 
@@ -147,7 +156,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     ours_gram = optimizers.Muon(gram_p, lr=0.02, ns_steps=args.ns_steps, ns_method="auto")
     # FLOP model: NS FLOPs of all matrices ÷ the fp32 GEMM rate, probed between our Muon steps so both
     # see the same load on a shared machine.
-    a, b = torch.randn(args.width, args.width), torch.randn(args.width, 4 * args.width)
+    # The probe runs in Muon's NS compute dtype (fp32 on CPU, bf16 on CUDA).
+    ns_dtype = default_ns_dtype(args.device)
+    a = torch.randn(args.width, args.width, device=args.device, dtype=ns_dtype)
+    b = torch.randn(args.width, 4 * args.width, device=args.device, dtype=ns_dtype)
     gemm_flops = 2 * args.width * args.width * 4 * args.width
     muon_times = time_interleaved(
         {
@@ -181,7 +193,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
              peer=f"torch.optim.Muon(ns_steps={args.ns_steps}) [{len(torch_muon_times)} step(s)]",
              peer_s=med(torch_muon_times) if torch_muon_times else None, goal=0.05),
         dict(name="Muon step vs NS FLOP model", ours_s=med(ours_muon_times),
-             peer=f"{ns_flops / 1e9:.1f} GFLOP ÷ {rate / 1e9:.1f} GFLOP/s", peer_s=ideal, goal=1.5),
+             peer=f"{ns_flops / 1e9:.1f} GFLOP ÷ {rate / 1e9:.1f} GFLOP/s ({str(ns_dtype)[6:]})", peer_s=ideal,
+             goal=1.5),
         dict(name="Muon(ns_method='auto') vs NS FLOP model", ours_s=med(gram_times),
              peer="same model (standard-NS FLOPs)", peer_s=ideal, goal=1.5),
         dict(name="Muon(ns_method='auto') vs Muon()", ours_s=med(gram_times),
@@ -192,11 +205,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         r["meets_goal"] = (r["ratio"] <= r["goal"]) if r["ratio"] is not None else None
     return {
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": torch.get_num_threads()},
+        "machine": {
+            "platform": platform.platform(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
+        },
         "parameters": n_params,
         "matrices": len(matrices),
         "ns_gflop_per_step": ns_flops / 1e9,
-        "fp32_matmul_gflops": rate / 1e9,
+        "matmul_gflops": rate / 1e9,  # the NS dtype's rate: fp32 on CPU, bf16 on CUDA
+        "ns_dtype": str(ns_dtype),
         "rows": rows,
         "raw_times_s": {
             "adamw_ours": adamw_times["ours"], "adamw_torch_fused": adamw_times["torch_fused"],
@@ -226,7 +243,7 @@ def render(result: dict[str, Any], console: Console) -> None:
                   f"{st['adamw_full_size_buffers_per_matrix']:g}", "", "1 vs 2",
                   "yes" if st["muon_full_size_buffers_per_matrix"] == 1 and st["adamw_full_size_buffers_per_matrix"] == 2 else "NO")
     console.print(table)
-    console.print(f"fp32 matmul rate measured in this run: {result['fp32_matmul_gflops']:.1f} GFLOP/s; "
+    console.print(f"{result['ns_dtype']} matmul rate measured in this run: {result['matmul_gflops']:.1f} GFLOP/s; "
                   f"Newton–Schulz work per Muon step: {result['ns_gflop_per_step']:.1f} GFLOP")
 
 
