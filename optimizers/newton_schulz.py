@@ -98,7 +98,10 @@ def _schedule(coefficients: str | Sequence[Sequence[float]]) -> _Schedule:
                 f"got {coefficients!r}"
             )
         return NS_COEFFICIENTS[coefficients]
-    steps = tuple(tuple(float(v) for v in abc) for abc in coefficients)
+    try:
+        steps = tuple(tuple(float(v) for v in abc) for abc in coefficients)
+    except (TypeError, ValueError):
+        steps = ()
     if not steps or any(len(abc) != 3 for abc in steps):
         raise ValueError(f"coefficients must be a non-empty sequence of (a, b, c) triples, got {coefficients!r}")
     return _Schedule(steps=steps, tail=steps[-1])  # type: ignore[arg-type]

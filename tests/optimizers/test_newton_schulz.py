@@ -145,6 +145,7 @@ def test_custom_coefficients_match_named_schedule() -> None:
         (dict(steps=0), "steps"),
         (dict(coefficients="cubic"), "coefficients"),
         (dict(coefficients=[(1.0, 2.0)]), "coefficients"),
+        (dict(coefficients=5), "coefficients"),
         (dict(eps=0.0), "eps"),
         (dict(eps=-1.0), "eps"),
         (dict(method="svd"), "method"),
