@@ -24,7 +24,7 @@ def test_quick_run_writes_json_with_every_ratio(tmp_path: Path) -> None:
     for row in saved["rows"]:
         assert row["ours_s"] > 0 and row["peer_s"] > 0
         assert row["ratio"] == pytest.approx(row["ours_s"] / row["peer_s"])
-        assert row["ratio_of_minima"] > 0
+        assert row["ratio_of_minima"] > 0 and row["cpu_time_ratio"] > 0
     assert saved["fold_max_relative_error"] < 1e-5
     assert 0 < saved["multiplier_parameters"] < 0.05 * saved["parameters"]
     assert len(saved["raw_times_s"]["train_step"]["plain"]) == saved["config"]["steps"]

@@ -130,3 +130,11 @@ def test_row_multiplier_and_weight_rows_trade_scale(shape, seed, alpha):
 def test_cost_model_prefers_weight_side_for_many_tokens():
     assert not prefers_activation_side(tokens=4096, rows=512, cols=512)
     assert prefers_activation_side(tokens=1, rows=512, cols=512)
+
+
+def test_effective_weight_passes_gradcheck():
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(3, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    s, r, c = (torch.rand(k, generator=g, dtype=torch.float64).add(0.5).requires_grad_() for k in (1, 3, 4))
+    assert torch.autograd.gradcheck(lambda W, s, r, c: effective_weight(W, s, r, c, fixed=0.5), (W, s, r, c))
+    assert torch.autograd.gradgradcheck(lambda W, r: effective_weight(W, None, r, None), (W, r))
