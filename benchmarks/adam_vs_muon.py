@@ -72,6 +72,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--lrs", type=_parse_floats, help="override the lr grid, e.g. 3e-3,1e-2")
     parser.add_argument("--wds", type=_parse_floats, help="override the wd grid, e.g. 0.1,1.0")
     parser.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], help="e.g. 0,1,2")
+    parser.add_argument("--shared", type=_parse_floats, help="override the shared cell, e.g. 3e-3,1.0")
     parser.add_argument("--multiplier-lrs", type=_parse_mlrs,
                         help="multiplier lrs to sweep at the shared cell, seed 0 ('default' = the parametrization's)")
     parser.add_argument("--out", default="results/adam_vs_muon.json")
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
 
     p = dict(PRESETS[args.preset])
-    for key in ("steps", "lrs", "wds", "seeds", "multiplier_lrs"):
+    for key in ("steps", "lrs", "wds", "seeds", "multiplier_lrs", "shared"):
         if getattr(args, key) is not None:
             p[key] = getattr(args, key)
     arms = [ARMS[name] for name in args.arms.split(",")]
@@ -110,11 +111,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     # Phase 0 (optional): the multiplier lr, swept at the shared cell with seed 0, per optimizer.
     mlr_sweep: list[dict[str, Any]] = []
+    sweep_records: list[RunRecord] = []
     chosen_mlr: dict[str, float | None] = {a.name: p["multiplier_lrs"][0] if p["multiplier_lrs"] else None for a in arms}
     if len(p["multiplier_lrs"]) > 1:
         jobs = [(arm, dict(lr=shared_lr, weight_decay=shared_wd, seed=p["seeds"][0], multiplier_lr=mlr))
                 for arm in arms if arm.has_multipliers for mlr in p["multiplier_lrs"]]
-        for (arm, kw), rec in zip(jobs, run_many(model_config, base, jobs, corpus=corpus, workers=workers, on_done=report)):
+        sweep_records = run_many(model_config, base, jobs, corpus=corpus, workers=workers, on_done=report)
+        for (arm, kw), rec in zip(jobs, sweep_records):
             mlr_sweep.append(dict(arm=arm.name, requested=kw["multiplier_lr"], multiplier_lr=rec.multiplier_lr,
                                   final_val_loss=rec.final_val_loss))
         for arm in arms:
@@ -194,7 +197,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         console.print(mt)
         console.print("chosen multiplier lr: " + ", ".join(f"{k}={v}" for k, v in chosen_mlr.items() if ARMS[k].has_multipliers))
     wall = time.perf_counter() - start
-    cpu = sum(r.cpu_s for r in records)
+    cpu = sum(r.cpu_s for r in records + sweep_records)
     console.print(f"CPU time of the runs {cpu:.0f} s (≈ {cpu / 2:.0f} s of wall on two idle cores)")
     console.print(f"total wall time {wall:.0f} s for {len(records) + len(mlr_sweep)} runs")
 

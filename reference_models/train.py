@@ -65,9 +65,10 @@ class TrainConfig:
     Optimizer: ``lr`` and ``weight_decay`` are the matrices' (Muon's with ``optimizer="muon"``);
     ``adamw_lr`` is the AdamW lr of the non-matrix parameters under Muon (``None``: ``lr``, which is
     the right scale with ``muon_lr_scale="match_rms_adamw"``); ``multiplier_lr`` ``None`` lets the
-    parametrization choose; ``rules`` are per-role/glob overrides passed to ``mp.param_groups``. Schedule: linear warmup over ``warmup_steps``, then ``schedule`` down to
-    ``min_lr_ratio`` (see :func:`lr_multiplier`); the weight decay is applied as ``lr * wd`` so it
-    follows the schedule. ``eval_every=0`` evaluates only at the end.
+    parametrization choose (its default: ``adamw_lr``); ``rules`` are per-role/glob overrides
+    passed to ``mp.param_groups``. Schedule: linear warmup over ``warmup_steps``, then
+    ``schedule`` down to ``min_lr_ratio`` (see :func:`lr_multiplier`); the weight decay is applied
+    as ``lr * wd`` so it follows the schedule. ``eval_every=0`` evaluates only at the end.
     """
 
     optimizer: Literal["adamw", "muon"] = "adamw"
@@ -107,8 +108,7 @@ class TrainConfig:
             raise ValueError(
                 f"TrainConfig.schedule must be 'cosine', 'linear' or 'wsd', got {self.schedule!r}"
             )
-        for name in ("lr",):
-            _check_number(name, getattr(self, name), positive=True)
+        _check_number("lr", self.lr, positive=True)
         for name in ("weight_decay", "multiplier_weight_decay", "min_lr_ratio"):
             _check_number(name, getattr(self, name), positive=False)
         for name in ("adamw_lr", "multiplier_lr", "grad_clip"):
