@@ -132,7 +132,7 @@ def write_png(result: dict[str, Any], path: Path) -> bool:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     result = run(args)
-    render(result, Console())
+    render(result, Console(width=160))
     serializable = {k: v for k, v in result.items() if k != "_objects"}
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,8 +1,9 @@
 """Cost of learnable multipliers: training-step time of the reference GPT with vector multipliers
 against the plain model, measured in the same run, interleaved step by step.
 
-Contenders (same weights, same batch, same optimizer ``torch.optim.AdamW`` and the same
-``mp.clip_grad_norm_`` in every step; only the multipliers differ):
+Contenders (same weights, same batch — 16 sequences as ``reference_models.TrainConfig`` — the
+same optimizer ``optimizers.AdamW`` (torch's fused kernel) and the same ``mp.clip_grad_norm_`` in
+every step; only the multipliers differ):
 
 * ``plain``        ``parametrize(model, "none")``: roles and rules only, no multipliers;
 * ``vector/auto``  ``parametrize(model, "vector")``, weight or activation side chosen per call;
@@ -37,6 +38,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+import optimizers
 import parametrization as P
 from reference_models import GPT, GPTConfig
 
@@ -87,7 +89,7 @@ def _forward(model: torch.nn.Module, idx: torch.Tensor) -> Callable[[], None]:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="small", help="GPTConfig preset (default: small)")
-    ap.add_argument("--batch", type=int, default=8, help="sequences per step")
+    ap.add_argument("--batch", type=int, default=16, help="sequences per step (TrainConfig's default)")
     ap.add_argument("--steps", type=int, default=20, help="timed training steps per contender")
     ap.add_argument("--forward-steps", type=int, default=30, help="timed forwards per contender")
     ap.add_argument("--warmup", type=int, default=3)
@@ -125,7 +127,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     ):
         model = copy.deepcopy(base)
         mp = P.parametrize(model, placement, compute=compute)
-        opt = torch.optim.AdamW(mp.param_groups("adamw", lr=1e-3, weight_decay=0.1))
+        opt = optimizers.AdamW(mp.param_groups("adamw", lr=1e-3, weight_decay=0.1))
         models[name] = (model, mp)
         steps[name] = _train_step(model, mp, opt, idx, targets)
     step_times, step_cpu = _time_interleaved(steps, args.steps, args.warmup)
@@ -200,7 +202,7 @@ def render(result: dict[str, Any], console: Console) -> None:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     result = run(args)
-    render(result, Console())
+    render(result, Console(width=160))
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2))
