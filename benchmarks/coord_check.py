@@ -45,7 +45,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--widths", type=int, nargs="+", default=[64, 128, 256, 512])
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--lr", type=float, default=1e-2, help="AdamW lr at the base width")
+    ap.add_argument("--lr", type=float, default=3e-3, help="AdamW lr at the base width (TrainConfig's default)")
     ap.add_argument("--multipliers", default="none", help="placement passed to parametrize (default none)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--quick", action="store_true", help="widths 32 64, 2 steps (smoke test)")

@@ -23,7 +23,6 @@ Two ways to compute the same layer output, with different costs per call:
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
