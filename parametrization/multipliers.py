@@ -102,7 +102,6 @@ def _is_dtensor(t: Tensor) -> bool:
     return isinstance(t, DTensor)
 
 
-
 class _Multiplied:
     """Mixin placed in front of the original class; the marker of a multiplied module."""
 
@@ -110,6 +109,7 @@ class _Multiplied:
     _lrm_col_dim: int
     _lrm_fixed: float
     _lrm_compute: Compute
+    _lrm_init: dict[str, float]
 
     def _lrm_tensors(self) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
         params = self._parameters  # type: ignore[attr-defined]
