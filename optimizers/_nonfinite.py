@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -126,3 +127,44 @@ def gather_checked_grads(optimizer: Optimizer, nonfinite: str | None) -> GroupGr
                 "no parameter or optimizer state was modified"
             )
     return out
+
+
+class GuardedOptimizer(Optimizer):
+    """Base of :class:`optimizers.AdamW` and :class:`optimizers.Muon`: the checked start of a step.
+
+    Subclasses set ``self.nonfinite`` and ``self.skipped_steps`` in ``__init__`` and call
+    :meth:`_begin_step` first in ``step``. ``skipped_steps`` (steps skipped by ``nonfinite="skip"``)
+    travels in ``state_dict()`` so a resumed run keeps counting.
+    """
+
+    nonfinite: str | None
+    skipped_steps: int
+
+    def state_dict(self) -> dict[str, Any]:
+        sd = super().state_dict()
+        sd["skipped_steps"] = self.skipped_steps
+        return sd
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state_dict = dict(state_dict)
+        skipped = state_dict.pop("skipped_steps", 0)
+        super().load_state_dict(state_dict)
+        self.skipped_steps = int(skipped)
+
+    def _begin_step(
+        self, closure: Callable[[], float] | None, recheck: Callable[[dict[str, Any]], None]
+    ) -> tuple[float | None, GroupGrads | None]:
+        """Run the closure, re-validate every group, and gather checked gradients.
+
+        Returns ``(loss, gathered)``; ``gathered`` is ``None`` when the step is skipped (counted here).
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            recheck(group)
+        gathered = gather_checked_grads(self, self.nonfinite)
+        if gathered is None:
+            self.skipped_steps += 1
+        return loss, gathered

@@ -24,12 +24,11 @@ from typing import Any, Literal
 
 import torch
 from torch import Tensor
-from torch.optim import Optimizer
 from torch.optim.adam import adam as _torch_adam
 from torch.optim.optimizer import _get_foreach_kernels_supported_devices, _get_fused_kernels_supported_devices
 
 from . import _validation as V
-from ._nonfinite import gather_checked_grads
+from ._nonfinite import GuardedOptimizer
 
 __all__ = ["AdamW", "adamw_group_update", "check_adamw_group", "choose_path"]
 
@@ -146,7 +145,7 @@ def adamw_group_update(
     )
 
 
-class AdamW(Optimizer):
+class AdamW(GuardedOptimizer):
     """AdamW (decoupled weight decay) on torch's fused / foreach / per-tensor kernels.
 
     Args:
@@ -221,29 +220,11 @@ class AdamW(Optimizer):
         self.__dict__.setdefault("nonfinite", None)
         self.__dict__.setdefault("skipped_steps", 0)
 
-    def state_dict(self) -> dict[str, Any]:
-        sd = super().state_dict()
-        sd["skipped_steps"] = self.skipped_steps
-        return sd
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        state_dict = dict(state_dict)
-        skipped = state_dict.pop("skipped_steps", 0)
-        super().load_state_dict(state_dict)
-        self.skipped_steps = int(skipped)
-
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
         """One AdamW step over every group; see the class docstring for the update."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            _recheck(group)
-        gathered = gather_checked_grads(self, self.nonfinite)
+        loss, gathered = self._begin_step(closure, _recheck)
         if gathered is None:
-            self.skipped_steps += 1
             return loss
         # Every group's kernel is chosen (and may refuse) before any group is updated.
         paths = [choose_path(params, group.get("foreach"), group.get("fused")) for group, params, _ in gathered]

@@ -31,10 +31,9 @@ from typing import Any, Literal
 
 import torch
 from torch import Tensor
-from torch.optim import Optimizer
 
 from . import _validation as V
-from ._nonfinite import gather_checked_grads
+from ._nonfinite import GuardedOptimizer
 from .adamw import ADAMW_GROUP_DEFAULTS, adamw_group_update, check_adamw_group, choose_path
 from .lr_scale import LR_SCALE_RULES, lr_scale
 from .newton_schulz import NS_METHODS, check_coefficients, default_ns_dtype, newton_schulz
@@ -177,7 +176,7 @@ def check_muon_group(group: dict[str, Any]) -> None:
     V.check_choice("lr_scale", group["lr_scale"], LR_SCALE_RULES)
 
 
-class Muon(Optimizer):
+class Muon(GuardedOptimizer):
     """Muon (orthogonalized momentum) for matrices plus the AdamW rule for the rest; see the module doc.
 
     Args:
@@ -323,29 +322,11 @@ class Muon(Optimizer):
         for key, value in (("skipped_steps", 0), ("nonfinite", None), ("ns_dtype", None), ("ns_method", "standard"), ("process_group", None)):
             self.__dict__.setdefault(key, value)
 
-    def state_dict(self) -> dict[str, Any]:
-        sd = super().state_dict()
-        sd["skipped_steps"] = self.skipped_steps
-        return sd
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        state_dict = dict(state_dict)
-        skipped = state_dict.pop("skipped_steps", 0)
-        super().load_state_dict(state_dict)
-        self.skipped_steps = int(skipped)
-
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
         """One step: AdamW-rule groups through the fused AdamW kernel, Muon groups batched by shape."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            _recheck(group)
-        gathered = gather_checked_grads(self, self.nonfinite)
+        loss, gathered = self._begin_step(closure, _recheck)
         if gathered is None:
-            self.skipped_steps += 1
             return loss
 
         # AdamW-rule kernels are chosen (and may refuse) before anything is updated.
