@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from optimizers import AdamW
+from tests.optimizers._state import assert_unchanged, snapshot
 
 SHAPES = [(16, 8), (8,), (3, 4, 5), ()]
 
@@ -234,31 +235,16 @@ def test_bad_hyperparameters_raise_value_error_naming_them(kwargs: dict, needle:
     assert needle in str(info.value)
 
 
-def _snapshot(opt: torch.optim.Optimizer, ps: list[torch.Tensor]) -> tuple:
-    sd = copy.deepcopy(opt.state_dict())
-    return [p.detach().clone() for p in ps], sd
-
-
-def _assert_unchanged(opt: torch.optim.Optimizer, ps: list[torch.Tensor], snap: tuple) -> None:
-    params, sd = snap
-    assert all(torch.equal(p, q) for p, q in zip(ps, params))
-    now = opt.state_dict()
-    assert now["param_groups"] == sd["param_groups"]
-    assert now["state"].keys() == sd["state"].keys()
-    for k, st in now["state"].items():
-        assert all(torch.equal(v, sd["state"][k][name]) for name, v in st.items())
-
-
 def test_bad_param_group_raises_and_leaves_optimizer_unchanged() -> None:
     ps = _params()
     opt = AdamW(ps[:2])
     _run(opt, ps[:2], range(2))
-    snap = _snapshot(opt, ps[:2])
+    snap = snapshot(opt, ps[:2])
     for bad in ({"lr": -1.0}, {"betas": (0.9, 1.5)}, {"eps": -1e-8}, {"decay": "nope"}, {"algorithm": "muon"}):
         with pytest.raises(ValueError):
             opt.add_param_group({"params": ps[2:], **bad})
         assert len(opt.param_groups) == 1
-        _assert_unchanged(opt, ps[:2], snap)
+        assert_unchanged(opt, ps[:2], snap)
 
 
 def test_group_marked_muon_raises() -> None:
@@ -272,13 +258,13 @@ def test_sparse_gradient_raises_before_anything_changes() -> None:
     ps = _params()
     opt = AdamW(ps)
     _run(opt, ps, range(2))
-    snap = _snapshot(opt, ps)
+    snap = snapshot(opt, ps)
     for p, g in zip(ps, _grads(5, ps)):
         p.grad = g
     ps[0].grad = ps[0].grad.to_sparse()
     with pytest.raises(TypeError, match="sparse"):
         opt.step()
-    _assert_unchanged(opt, ps, snap)
+    assert_unchanged(opt, ps, snap)
 
 
 def test_complex_parameter_raises() -> None:
@@ -297,26 +283,26 @@ def test_nonfinite_raise_names_parameter_and_changes_nothing(bad_value: float) -
     ps = [p for _, p in named]
     opt = AdamW(named, nonfinite="raise")
     _run(opt, ps, range(3))
-    snap = _snapshot(opt, ps)
+    snap = snapshot(opt, ps)
     for p, g in zip(ps, _grads(3, ps)):
         p.grad = g
     ps[2].grad.view(-1)[4] = bad_value
     with pytest.raises(FloatingPointError, match="'w2'"):
         opt.step()
-    _assert_unchanged(opt, ps, snap)
+    assert_unchanged(opt, ps, snap)
 
 
 def test_nonfinite_skip_skips_the_whole_step_and_counts_it() -> None:
     ps = _params()
     opt = AdamW(ps, nonfinite="skip")
     _run(opt, ps, range(3))
-    snap = _snapshot(opt, ps)
+    snap = snapshot(opt, ps)
     for p, g in zip(ps, _grads(3, ps)):
         p.grad = g
     ps[1].grad[0] = float("nan")
     opt.step()
     assert opt.skipped_steps == 1
-    _assert_unchanged(opt, ps, snap)
+    assert_unchanged(opt, ps, snap)
     _run(opt, ps, range(4, 5))  # finite again: steps resume
     assert not torch.equal(ps[0].detach(), snap[0][0])
     assert opt.state_dict()["skipped_steps"] == 1
@@ -371,7 +357,7 @@ def test_fused_refusal_in_a_later_group_leaves_earlier_groups_untouched() -> Non
     opt = AdamW([{"params": ps}, {"params": [ints], "fused": True}])
     for p, g in zip(ps, _grads(0, ps)):
         p.grad = g
-    snap = _snapshot(opt, ps)
+    snap = snapshot(opt, ps)
     with pytest.raises(RuntimeError, match="fused=True"):
         opt.step()
-    _assert_unchanged(opt, ps, snap)
+    assert_unchanged(opt, ps, snap)

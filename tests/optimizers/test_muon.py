@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from optimizers import Muon
+from tests.optimizers._state import assert_unchanged, snapshot
 
 # ---- a plain float64 reference of the documented math (one tensor at a time) ----------------------------
 
@@ -344,24 +345,10 @@ def test_bad_hyperparameters_raise_value_error_naming_them(kwargs: dict, needle:
     assert needle in str(info.value)
 
 
-def _snapshot(opt, ps):
-    return [p.detach().clone() for p in ps], copy.deepcopy(opt.state_dict())
-
-
-def _assert_unchanged(opt, ps, snap) -> None:
-    params, sd = snap
-    assert all(torch.equal(p, q) for p, q in zip(ps, params))
-    now = opt.state_dict()
-    assert now["param_groups"] == sd["param_groups"]
-    assert now["state"].keys() == sd["state"].keys()
-    for k, st in now["state"].items():
-        assert all(torch.equal(v, sd["state"][k][name]) for name, v in st.items())
-
-
 def test_bad_param_group_raises_and_leaves_optimizer_unchanged() -> None:
     ps, opt, _ = _make(0)
     _run(opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1.0), ps, range(1))
-    snap = _snapshot(opt, ps)
+    snap = snapshot(opt, ps)
     w, b = torch.randn(4, 4, requires_grad=True), torch.randn(4, requires_grad=True)
     n_groups = len(opt.param_groups)
     for bad in (
@@ -375,18 +362,18 @@ def test_bad_param_group_raises_and_leaves_optimizer_unchanged() -> None:
         with pytest.raises(ValueError):
             opt.add_param_group(bad)
         assert len(opt.param_groups) == n_groups
-        _assert_unchanged(opt, ps, snap)
+        assert_unchanged(opt, ps, snap)
 
 
 def test_sparse_gradient_raises_before_anything_changes() -> None:
     ps, opt, sched = _make(0)
     _run(opt, sched, ps, range(1))
-    snap = _snapshot(opt, ps)
+    snap = snapshot(opt, ps)
     _set_grads(ps, 5)
     ps[-2].grad = ps[-2].grad.to_sparse()
     with pytest.raises(TypeError, match="sparse"):
         opt.step()
-    _assert_unchanged(opt, ps, snap)
+    assert_unchanged(opt, ps, snap)
 
 
 def test_nonfinite_raise_names_parameter_and_changes_nothing() -> None:
@@ -395,12 +382,12 @@ def test_nonfinite_raise_names_parameter_and_changes_nothing() -> None:
     opt = Muon(named, nonfinite="raise")
     _set_grads(ps, 0)
     opt.step()
-    snap = _snapshot(opt, ps)
+    snap = snapshot(opt, ps)
     _set_grads(ps, 1)
     ps[4].grad[1, 2, 3] = float("inf")
     with pytest.raises(FloatingPointError, match="'p4'"):
         opt.step()
-    _assert_unchanged(opt, ps, snap)
+    assert_unchanged(opt, ps, snap)
 
 
 def test_nonfinite_skip_skips_every_group_and_counts() -> None:
@@ -408,12 +395,12 @@ def test_nonfinite_skip_skips_every_group_and_counts() -> None:
     opt = Muon(ps, nonfinite="skip")
     _set_grads(ps, 0)
     opt.step()
-    snap = _snapshot(opt, ps)
+    snap = snapshot(opt, ps)
     _set_grads(ps, 1)
     ps[-1].grad.fill_(float("nan"))  # only an AdamW-rule scalar is bad: the Muon half is skipped too
     opt.step()
     assert opt.skipped_steps == 1
-    _assert_unchanged(opt, ps, snap)
+    assert_unchanged(opt, ps, snap)
 
 
 def test_ns_dtype_override_is_used() -> None:
