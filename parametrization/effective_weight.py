@@ -34,10 +34,19 @@ __all__ = [
 ]
 
 
-def _along(v: Tensor, dim: int, ndim: int) -> Tensor:
-    """View the 1-D tensor ``v`` so that it broadcasts along axis ``dim`` of an ``ndim``-D tensor."""
+def _along(v: Tensor, dim: int, ndim: int, batch_dim: int | None = None) -> Tensor:
+    """View ``v`` so that it broadcasts along axis ``dim`` of an ``ndim``-D tensor.
+
+    ``v`` is 1-D, or 2-D ``[batch, size]`` when ``batch_dim`` is set (one vector per matrix).
+    """
     shape = [1] * ndim
-    shape[dim] = v.shape[0]
+    if batch_dim is None:
+        shape[dim] = v.shape[-1]
+        return v.reshape(shape)
+    shape[batch_dim] = v.shape[0]
+    shape[dim] = v.shape[-1]
+    if batch_dim > dim:
+        v = v.mT
     return v.reshape(shape)
 
 
@@ -49,6 +58,7 @@ def effective_weight(
     *,
     row_dim: int = 0,
     col_dim: int = 1,
+    batch_dim: int | None = None,
     fixed: float = 1.0,
 ) -> Tensor:
     """Return ``W_eff = fixed · s · diag(r) · W · diag(c)``.
@@ -61,6 +71,8 @@ def effective_weight(
         col: ``c``, shape ``(n,)``; ``None`` means all ones.
         row_dim: axis of ``weight`` indexed by ``r`` (default 0, as ``nn.Linear``).
         col_dim: axis of ``weight`` indexed by ``c`` (default 1, as ``nn.Linear``).
+        batch_dim: axis of independent matrices (stacked experts ``[E, m, n]``), or ``None``;
+            when set, ``s`` is ``(E,)``, ``r`` ``(E, m)`` and ``c`` ``(E, n)``.
         fixed: a constant factor (e.g. the muP output multiplier 1/m); default 1.
 
     The scalar factors are folded into the smaller of the two vectors first, so at most two
@@ -68,8 +80,9 @@ def effective_weight(
     is returned (no copy), which keeps an untouched layer bit-for-bit the plain layer.
     """
     ndim = weight.ndim
+    bdim = None if batch_dim is None else batch_dim % ndim
     # Fold the scalar factors (s and the constant) into the smaller vector, never into W.
-    if row is not None and (col is None or row.shape[0] <= col.shape[0]):
+    if row is not None and (col is None or row.shape[-1] <= col.shape[-1]):
         row = _absorb(row, scalar, fixed)
     elif col is not None:
         col = _absorb(col, scalar, fixed)
@@ -77,21 +90,21 @@ def effective_weight(
     # the reference GPT (its Python overhead per call outweighs the saved element-wise passes).
     out = weight
     if row is not None:
-        out = out * _along(row, row_dim % ndim, ndim)
+        out = out * _along(row, row_dim % ndim, ndim, bdim)
     if col is not None:
-        out = out * _along(col, col_dim % ndim, ndim)
+        out = out * _along(col, col_dim % ndim, ndim, bdim)
     if row is None and col is None:
         if scalar is not None:
-            out = out * scalar.reshape([1] * ndim)
+            out = out * (scalar.reshape([1] * ndim) if bdim is None else _along(scalar, bdim, ndim))
         if fixed != 1.0:
             out = out * fixed
     return out
 
 
 def _absorb(v: Tensor, scalar: Tensor | None, fixed: float) -> Tensor:
-    """Return ``v · s · fixed`` (cheap: ``v`` is a vector)."""
+    """Return ``v · s · fixed`` (cheap: ``v`` is a vector, or one vector per batched matrix)."""
     if scalar is not None:
-        v = v * scalar.reshape(-1)
+        v = v * (scalar.reshape(-1) if v.ndim == 1 else scalar.reshape(-1, 1))
     if fixed != 1.0:
         v = v * fixed
     return v

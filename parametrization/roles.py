@@ -40,6 +40,8 @@ __all__ = [
     "detect_roles",
     "register_layout",
     "weight_layout",
+    "matrix_view",
+    "MATRIX_VIEWS",
 ]
 
 
@@ -69,64 +71,111 @@ class WeightLayout:
     """Where a module stores the output rows and input columns of its ``weight``.
 
     ``row_dim`` is the axis indexed by output features (what a row multiplier ``r`` scales),
-    ``col_dim`` the axis indexed by input features (what ``c`` scales). Other axes (kernel
-    taps) are broadcast over.
+    ``col_dim`` the axis indexed by input features (what ``c`` scales). ``batch_dim``, when set,
+    is an axis of independent matrices (stacked experts ``[E, out, in]``): each matrix gets its
+    own multipliers, so ``s`` has shape ``[E]``, ``r`` ``[E, out]`` and ``c`` ``[E, in]``. Other
+    axes (kernel taps) are broadcast over.
     """
 
     row_dim: int = 0
     col_dim: int = 1
+    batch_dim: int | None = None
+
+
+MATRIX_VIEWS = ("out_in", "in_out", "batch_out_in", "batch_in_out", "conv", "conv_transposed")
+"""How Muon reads a parameter as matrices (the ``matrix_view`` key of a param group):
+
+* ``out_in``: 2-D ``(fan_out, fan_in)`` (``nn.Linear``);
+* ``in_out``: 2-D ``(fan_in, fan_out)`` (Hugging Face ``Conv1D``);
+* ``batch_out_in`` / ``batch_in_out``: ``[..., fan_out, fan_in]`` / ``[..., fan_in, fan_out]``, the
+  leading axes index independent matrices (stacked experts);
+* ``conv``: ``[out, in, *kernel]`` seen as one ``(out, in·prod(kernel))`` matrix;
+* ``conv_transposed``: ``[in, out, *kernel]`` (``nn.ConvTranspose*``) seen as one
+  ``(in, out·prod(kernel))`` matrix with fan_out = ``out·prod(kernel)``, fan_in = ``in``.
+"""
+
+
+def matrix_view(layout: WeightLayout, ndim: int) -> str:
+    """The :data:`MATRIX_VIEWS` entry of a ``ndim``-D weight stored with ``layout``."""
+    row, col = layout.row_dim % ndim, layout.col_dim % ndim
+    if layout.batch_dim is not None:
+        if {row, col} != {ndim - 2, ndim - 1}:
+            raise ValueError(f"a batched layout must keep rows and columns on the last two axes, got {layout}")
+        return "batch_out_in" if row < col else "batch_in_out"
+    if ndim == 2:
+        return "out_in" if row < col else "in_out"
+    if (row, col) == (0, 1):
+        return "conv"
+    if (row, col) == (1, 0):
+        return "conv_transposed"
+    raise ValueError(f"no matrix view for a {ndim}-D weight with layout {layout}")
 
 
 # Types are matched with isinstance; the string keys (module.qualname) match third-party types
 # without importing them, e.g. Hugging Face GPT-2's Conv1D, which stores its weight as (in, out).
-_LAYOUTS: dict[type, WeightLayout] = {
-    nn.Linear: WeightLayout(0, 1),
-    nn.Bilinear: WeightLayout(0, 2),
-    nn.Embedding: WeightLayout(0, 1),
-    nn.EmbeddingBag: WeightLayout(0, 1),
-    nn.Conv1d: WeightLayout(0, 1),
-    nn.Conv2d: WeightLayout(0, 1),
-    nn.Conv3d: WeightLayout(0, 1),
-    nn.ConvTranspose1d: WeightLayout(1, 0),
-    nn.ConvTranspose2d: WeightLayout(1, 0),
-    nn.ConvTranspose3d: WeightLayout(1, 0),
+# Keys are (type or qualname string, parameter name).
+_LAYOUTS: dict[tuple[type, str], WeightLayout] = {
+    (nn.Linear, "weight"): WeightLayout(0, 1),
+    (nn.Bilinear, "weight"): WeightLayout(0, 2),
+    (nn.Embedding, "weight"): WeightLayout(0, 1),
+    (nn.EmbeddingBag, "weight"): WeightLayout(0, 1),
+    (nn.Conv1d, "weight"): WeightLayout(0, 1),
+    (nn.Conv2d, "weight"): WeightLayout(0, 1),
+    (nn.Conv3d, "weight"): WeightLayout(0, 1),
+    (nn.ConvTranspose1d, "weight"): WeightLayout(1, 0),
+    (nn.ConvTranspose2d, "weight"): WeightLayout(1, 0),
+    (nn.ConvTranspose3d, "weight"): WeightLayout(1, 0),
 }
-_LAYOUTS_BY_NAME: dict[str, WeightLayout] = {
-    "transformers.pytorch_utils.Conv1D": WeightLayout(1, 0),
+_LAYOUTS_BY_NAME: dict[tuple[str, str], WeightLayout] = {
+    ("transformers.pytorch_utils.Conv1D", "weight"): WeightLayout(1, 0),
 }
 _EMBEDDING_TYPES = (nn.Embedding, nn.EmbeddingBag)
 
 
-def register_layout(module_type: type | str, *, row_dim: int, col_dim: int) -> None:
+def register_layout(
+    module_type: type | str,
+    *,
+    row_dim: int,
+    col_dim: int,
+    param: str = "weight",
+    batch_dim: int | None = None,
+) -> None:
     """Teach role detection a Linear-like module type and where its weight keeps rows/columns.
 
     Args:
         module_type: the class, or its ``"module.QualName"`` string (so a type can be named
             without importing its package).
-        row_dim: axis of ``weight`` indexed by output features.
-        col_dim: axis of ``weight`` indexed by input features.
+        row_dim: axis of the parameter indexed by output features.
+        col_dim: axis of the parameter indexed by input features.
+        param: the parameter's attribute name on the module (default ``"weight"``; e.g.
+            ``"gate_up_proj"`` for fused experts).
+        batch_dim: axis of independent matrices (stacked experts), or ``None``.
 
     Example: ``register_layout(MyConv1D, row_dim=1, col_dim=0)`` for a weight stored (in, out).
     """
-    if row_dim == col_dim:
-        raise ValueError(f"row_dim and col_dim must differ, got row_dim={row_dim}, col_dim={col_dim}")
-    layout = WeightLayout(row_dim, col_dim)
+    if row_dim == col_dim or batch_dim in (row_dim, col_dim):
+        raise ValueError(
+            f"row_dim, col_dim and batch_dim must differ, got row_dim={row_dim}, col_dim={col_dim}, batch_dim={batch_dim}"
+        )
+    if not isinstance(param, str) or not param:
+        raise TypeError(f"param must be a parameter attribute name, got {param!r}")
+    layout = WeightLayout(row_dim, col_dim, batch_dim)
     if isinstance(module_type, str):
-        _LAYOUTS_BY_NAME[module_type] = layout
+        _LAYOUTS_BY_NAME[(module_type, param)] = layout
     elif isinstance(module_type, type) and issubclass(module_type, nn.Module):
-        _LAYOUTS[module_type] = layout
+        _LAYOUTS[(module_type, param)] = layout
     else:
         raise TypeError(f"module_type must be an nn.Module subclass or a 'module.QualName' string, got {module_type!r}")
 
 
-def weight_layout(module: nn.Module) -> WeightLayout | None:
-    """The :class:`WeightLayout` of ``module.weight``, or ``None`` for an unknown module type."""
+def weight_layout(module: nn.Module, param: str = "weight") -> WeightLayout | None:
+    """The :class:`WeightLayout` of ``module.<param>``, or ``None`` for an unknown module type."""
     for cls in type(module).__mro__:
         name = f"{cls.__module__}.{cls.__qualname__}"
-        if name in _LAYOUTS_BY_NAME:
-            return _LAYOUTS_BY_NAME[name]
-        if cls in _LAYOUTS:
-            return _LAYOUTS[cls]
+        if (name, param) in _LAYOUTS_BY_NAME:
+            return _LAYOUTS_BY_NAME[(name, param)]
+        if (cls, param) in _LAYOUTS:
+            return _LAYOUTS[(cls, param)]
     return None
 
 
