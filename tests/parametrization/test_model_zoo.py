@@ -53,6 +53,12 @@ CASES: dict[str, Case] = {
         "model.layers.0.mlp.experts",
     ),
     "mixtral": Case(_causal("MixtralConfig", num_local_experts=4, **MOE), "model.layers.1.mlp.experts"),
+    "deepseek-v3": Case(
+        _causal("DeepseekV3Config", n_routed_experts=4, n_shared_experts=1, moe_intermediate_size=16, first_k_dense_replace=1,
+                kv_lora_rank=16, q_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16, n_group=1, topk_group=1,
+                **MOE),
+        "model.layers.1.mlp.shared_experts.down_proj",
+    ),
     "gpt-oss": Case(
         _causal("GptOssConfig", num_local_experts=4, head_dim=16, layer_types=["full_attention"] * 2, **MOE),
         "model.layers.0.self_attn.o_proj",
@@ -178,6 +184,20 @@ def test_model_zoo(name, tmp_path):
     assert all(torch.equal(ours[k], theirs[k]) for k in plain_keys)
     with torch.no_grad():
         assert torch.equal(_logits(loaded, inputs), folded)
+
+
+def test_roles_of_tied_and_untied_heads_and_conv1d_multipliers():
+    for name, tied in (("llama-tied", True), ("llama-untied", False)):
+        roles = P.parametrize(_build(name)).roles
+        assert roles["lm_head.weight"] == "head"
+        assert roles["model.embed_tokens.weight"] == ("head" if tied else "embedding")
+        assert roles["model.layers.0.self_attn.q_proj.weight"] == "matrix"
+    model = _build("gpt2")
+    roles = P.parametrize(model).roles
+    assert roles["transformer.wte.weight"] == "head" and roles["transformer.wpe.weight"] == "embedding"
+    # Conv1D stores (in, out): the row multiplier has out = 3·n_embd entries.
+    c_attn = model.transformer.h[0].attn.c_attn
+    assert c_attn.weight_mult_row.shape == (96,) and c_attn.weight_mult_col.shape == (32,)
 
 
 def test_moe_experts_get_a_multiplier_pair_per_expert_and_fold_exactly():
