@@ -334,3 +334,69 @@ def test_linear_and_transposed_conv1d_get_the_same_update(lr_scale):
         delta = layer.weight.detach() - before
         updates.append(delta if layer is lin else delta.T)
     torch.testing.assert_close(updates[1], updates[0], rtol=1e-4, atol=1e-7)
+
+
+# ----------------------------------------------------------------------------- smoke loop
+# More causal LMs from transformers' registry, one tiny generic config each: they must
+# parametrize correctly (identity, groups, coverage, exact fold) or raise the clear error.
+
+SMOKE_OK = (
+    "aria_text", "bamba", "bloom", "cohere2_moe", "ernie4_5_moe", "falcon", "falcon_mamba", "gemma2", "glm4_moe",
+    "gpt_neox", "granitemoe", "jamba", "jetmoe", "lfm2", "llama4_text", "minimax", "olmo2", "olmoe", "opt", "phi",
+    "phi3", "qwen3", "qwen3_moe", "recurrent_gemma", "rwkv", "stablelm", "starcoder2",
+)
+SMOKE_CLEAR = ("deepseek_v4",)  # hyper-connection mixing tensors: raw matrices of an unknown layout
+_GENERIC = dict(
+    vocab_size=VOCAB, pad_token_id=0, bos_token_id=0, eos_token_id=0, hidden_size=32, n_embd=32, d_model=32,
+    intermediate_size=64, ffn_dim=64, num_hidden_layers=2, n_layer=2, num_layers=2, num_attention_heads=2, n_head=2,
+    num_key_value_heads=1, head_dim=16, moe_intermediate_size=16, num_experts=4, num_local_experts=4, n_routed_experts=4,
+    num_experts_per_tok=2, max_position_embeddings=64, n_positions=64, state_size=8, expand=2, conv_kernel=4,
+    time_step_rank=4, n_groups=1, mamba_n_heads=4, mamba_d_head=16, mamba_d_ssm=64, mamba_d_state=8, mamba_n_groups=1,
+    mamba_headdim=16, attention_window_size=8, lru_width=32, block_width=16,
+)
+
+
+def _smoke_model(model_type: str) -> nn.Module:
+    cfg = transformers.AutoConfig.for_model(model_type)
+    for key, value in _GENERIC.items():
+        try:
+            setattr(cfg, key, value)
+        except (AttributeError, NotImplementedError):
+            pass  # a derived (read-only) attribute of this config
+    torch.manual_seed(0)
+    return transformers.AutoModelForCausalLM.from_config(cfg).eval()
+
+
+@pytest.mark.parametrize("model_type", SMOKE_OK)
+def test_causal_lm_smoke(model_type):
+    model = _smoke_model(model_type)
+    x = {"input_ids": torch.randint(1, VOCAB, (2, 8), generator=torch.Generator().manual_seed(1)), "use_cache": False}
+    plain_types = {n: type(m) for n, m in model.named_modules()}
+    plain_keys = list(model.state_dict())
+    before = _logits(model, x)  # grad mode on, as after parametrizing (matmul picks its path by requires_grad)
+    mp = P.parametrize(model)
+    assert torch.equal(_logits(model, x), before)
+    groups = mp.param_groups("muon")
+    name_of = {id(p): fqn for fqn, p in model.named_parameters()}
+    trainable = sorted(fqn for fqn, p in model.named_parameters() if p.requires_grad)
+    assert sorted(name_of[id(p)] for g in groups for p in g["params"]) == trainable
+    muon = [(name_of[id(p)], p) for g in groups if g["algorithm"] == "muon" for p in g["params"]]
+    assert all(mp.role_of(fqn) is P.Role.MATRIX and p.ndim >= 2 for fqn, p in muon)
+    assert sum(p.numel() for f, p in muon if f in mp.placements) >= 0.9 * sum(p.numel() for _, p in muon)
+    with torch.no_grad():
+        for p in mp.multiplier_parameters():
+            p.mul_(1 + 0.1 * torch.randn_like(p))
+    moved = _logits(model, x).detach()
+    plain = mp.fold()
+    assert {n: type(m) for n, m in plain.named_modules()} == plain_types and list(plain.state_dict()) == plain_keys
+    folded = _logits(plain, x).detach()
+    assert (folded - moved).norm() <= 1e-5 * moved.norm()
+
+
+@pytest.mark.parametrize("model_type", SMOKE_CLEAR)
+def test_causal_lm_that_cannot_be_classified_raises_the_clear_error(model_type):
+    model = _smoke_model(model_type)
+    keys = list(model.state_dict())
+    with pytest.raises(ValueError, match=r"cannot decide the role of '[^']+' \(shape .*roles=\{"):
+        P.parametrize(model)
+    assert list(model.state_dict()) == keys  # nothing changed
