@@ -144,8 +144,12 @@ def test_model_zoo(name, tmp_path):
 
     muon = [(name_of[id(p)], p) for g in groups if g["algorithm"] == "muon" for p in g["params"]]
     assert muon, "a transformer has matrices for Muon"
+    modules = dict(model.named_modules())
     for fqn, p in muon:
         assert mp.role_of(fqn) is P.Role.MATRIX and p.ndim >= 2, fqn
+        owner = modules[fqn.rpartition(".")[0]]
+        depthwise = isinstance(owner, nn.modules.conv._ConvNd) and owner.groups == owner.in_channels > 1
+        assert not depthwise, f"{fqn} is a depthwise conv kernel (one filter per channel), not a matrix"
     carried = sum(p.numel() for fqn, p in muon if fqn in mp.placements)
     assert carried >= 0.9 * sum(p.numel() for _, p in muon), f"{carried} of the Muon-bound elements carry multipliers"
 
