@@ -6,8 +6,10 @@ import copy
 
 import pytest
 import torch
+from torch.optim.optimizer import _get_foreach_kernels_supported_devices
 
 from optimizers import AdamW
+from optimizers.adamw import choose_path
 from tests.optimizers._state import assert_unchanged, resumed_run, snapshot
 
 SHAPES = [(16, 8), (8,), (3, 4, 5), ()]
@@ -345,3 +347,24 @@ def test_fused_refusal_in_a_later_group_leaves_earlier_groups_untouched() -> Non
     with pytest.raises(RuntimeError, match="fused=True"):
         opt.step()
     assert_unchanged(opt, ps, snap)
+
+
+def test_kernel_choice_is_fused_where_allowed_then_foreach_then_single() -> None:
+    f32, i64 = [torch.zeros(2)], [torch.zeros(2, dtype=torch.int64)]
+    # torch has foreach kernels for accelerators only; on a CPU "foreach" falls through to the loop.
+    foreach = "foreach" if "cpu" in _get_foreach_kernels_supported_devices() else "single"
+    assert choose_path(f32, None, None) == "fused"  # the README's default, CPU included
+    assert choose_path(f32, False, None) == "fused"  # foreach=False alone refuses foreach, not fused
+    assert choose_path(f32, True, None) == foreach
+    assert choose_path(f32, None, False) == foreach
+    assert choose_path(f32, False, False) == "single"
+    assert choose_path(i64, None, None) == foreach  # no fused kernel for integer tensors
+    with pytest.raises(RuntimeError, match="fused=True"):
+        choose_path(i64, None, True)
+
+
+def test_defaults_are_the_documented_values() -> None:
+    opt = AdamW([torch.zeros(2, requires_grad=True)])
+    assert opt.defaults == dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False,
+                                maximize=False, decay="lr", foreach=None, fused=None)
+    assert (opt.nonfinite, opt.skipped_steps) == (None, 0)
