@@ -135,7 +135,7 @@ def test_model_zoo(name, tmp_path):
     frozen_before = {k: v.detach().clone() for k, v in frozen.state_dict().items()}
     frozen_eff = {n: getattr(frozen, n).detach().clone() for n, _ in frozen.named_parameters(recurse=False) if "_mult_" not in n}
 
-    groups = mp.param_groups("muon", lr=1e-2, weight_decay=0.1)
+    groups = mp.param_groups("muon", lr=1e-2, weight_decay=0.1, lr_scale="match_rms_adamw")
     name_of = {id(p): fqn for fqn, p in model.named_parameters()}
     grouped = [name_of[id(p)] for g in groups for p in g["params"]]
     trainable = [fqn for fqn, p in model.named_parameters() if p.requires_grad]
@@ -153,7 +153,7 @@ def test_model_zoo(name, tmp_path):
     carried = sum(p.numel() for fqn, p in muon if fqn in mp.placements)
     assert carried >= 0.9 * sum(p.numel() for _, p in muon), f"{carried} of the Muon-bound elements carry multipliers"
 
-    opt = Muon(groups, lr_scale="match_rms_adamw")
+    opt = Muon(groups)
     model.train()
     for _ in range(3):
         loss = _loss(_logits(model, inputs))
@@ -233,6 +233,15 @@ def test_transposed_experts_follow_the_is_transposed_flag():
     assert experts.gate_up_proj_mult_col.shape == (E, hidden)
     assert mp.roles["model.layers.0.mlp.experts.gate_up_proj_bias"] == "vector"
     assert mp.roles["model.layers.0.mlp.router.weight"] == "matrix"
+    views = {n: g["matrix_view"] for g in mp.param_groups("muon") if g["algorithm"] == "muon" for n in g["param_names"]}
+    assert views["model.layers.0.mlp.experts.gate_up_proj"] == "batch_in_out"
+    assert views["model.layers.0.mlp.router.weight"] == "out_in"
+    assert _views(_build("mixtral"))["model.layers.0.mlp.experts.down_proj"] == "batch_out_in"
+
+
+def _views(model: nn.Module) -> dict[str, str]:
+    groups = P.parametrize(model).param_groups("muon")
+    return {n: g["matrix_view"] for g in groups if g["algorithm"] == "muon" for n in g["param_names"]}
 
 
 def test_a_multipliers_glob_may_ask_for_experts():
@@ -330,8 +339,9 @@ def test_linear_and_transposed_conv1d_get_the_same_update(lr_scale):
     for layer in (lin, conv):
         model = nn.Sequential(layer, copy.deepcopy(head))
         mp = P.parametrize(model, multipliers="none")
-        groups = mp.param_groups("muon", lr=0.1, weight_decay=0.0)
-        opt = Muon(groups, lr_scale=lr_scale)
+        groups = mp.param_groups("muon", lr=0.1, weight_decay=0.0, lr_scale=lr_scale, adamw_lr=0.01)
+        assert {g["lr_scale"] for g in groups if g["algorithm"] == "muon"} == {lr_scale}
+        opt = Muon(groups)
         before = layer.weight.detach().clone()
         model(x).square().mean().backward()
         opt.step()
