@@ -278,6 +278,23 @@ def test_vision_tokens_and_position_table_are_embeddings():
     assert mp.roles["deit.embeddings.patch_embeddings.projection.weight"] == "matrix"
 
 
+def test_torch_multihead_attention_in_proj_is_a_matrix_with_multipliers():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.TransformerEncoderLayer(32, 2, 64, dropout=0.0, batch_first=True), nn.Linear(32, 5))
+    x = torch.randn(2, 6, 32)
+    before = model(x)
+    mp = P.parametrize(model)
+    assert mp.roles["0.self_attn.in_proj_weight"] == "matrix"
+    assert model[0].self_attn.in_proj_weight_mult_row.shape == (96,)
+    assert torch.equal(model(x), before)
+    with torch.no_grad():
+        model[0].self_attn.in_proj_weight_mult_row.uniform_(0.5, 1.5)
+    moved = model(x)
+    plain = mp.fold()
+    assert type(plain[0].self_attn) is nn.MultiheadAttention
+    assert (plain(x) - moved).norm() <= 1e-5 * moved.norm()
+
+
 def test_an_unknown_raw_matrix_still_raises_naming_it_and_the_fix():
     class Odd(nn.Module):
         def __init__(self) -> None:
