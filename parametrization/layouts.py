@@ -56,7 +56,7 @@ from __future__ import annotations
 import torch.nn as nn
 from torch import Tensor
 
-from .roles import _LAYOUT_RULES, _ROLE_RULES, Role, WeightLayout, register_layout
+from .roles import _LAYOUT_RULES, _ROLE_RULES, Role, WeightLayout, register_layout, weight_layout
 
 __all__ = ["EXPERT_PARAMS", "TOKEN_PARAMS", "SSM_VECTOR_PARAMS", "symmetry_free"]
 
@@ -108,8 +108,8 @@ def _is_depthwise(module: nn.Module) -> bool:
 def _family_role(module: nn.Module, param: str, p: Tensor) -> Role | None:
     if param == "weight" and _is_depthwise(module):
         return Role.VECTOR
-    if param in ("weight", "in_proj_weight") or p.ndim <= 1:
-        return None  # a module's own weight is its layout's business; ≤1-D is vector anyway
+    if p.ndim <= 1 or weight_layout(module, param) is not None:
+        return None  # ≤1-D is vector anyway; a parameter with a known layout is a matrix
     if param.endswith("bias"):
         return Role.VECTOR
     if param in SSM_VECTOR_PARAMS and "A_log" in module._parameters:
