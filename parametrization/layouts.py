@@ -44,6 +44,8 @@ Llama-4 ``Llama4TextExperts``                   matrix,     ``[E, in, out]`` rea
                                                 batch 0     (not decorated with ``is_transposed``)
 RecurrentGemma ``*_gate_weight``                matrix,     per-head block-diagonal gates
                                                 batch 0     ``[H, in, out]`` read by ``baddbmm``
+Zamba ``x_proj_weight``, ``dt_proj_weight``     matrix,     per-head projections ``[H, out, in]``
+                                                batch 0     read by ``W[:, None] @ h``
 ==============================================  ==========  =============================================
 
 A fused experts tensor in a module *without* the ``is_transposed`` flag is not guessed from its
@@ -128,6 +130,8 @@ register_layout(nn.MultiheadAttention, param="in_proj_weight", row_dim=0, col_di
 register_layout("transformers.models.jetmoe.modeling_jetmoe.JetMoeParallelExperts", row_dim=1, col_dim=2, batch_dim=0)
 for _p in ("gate_up_proj", "down_proj"):
     register_layout("transformers.models.llama4.modeling_llama4.Llama4TextExperts", param=_p, row_dim=2, col_dim=1, batch_dim=0)
+for _p in ("x_proj_weight", "dt_proj_weight"):
+    register_layout("transformers.models.zamba.modeling_zamba.ZambaMambaMixer", param=_p, row_dim=1, col_dim=2, batch_dim=0)
 for _p in ("input_gate_weight", "recurrent_gate_weight"):
     register_layout(
         "transformers.models.recurrent_gemma.modeling_recurrent_gemma.RecurrentGemmaRglru", param=_p, row_dim=2, col_dim=1, batch_dim=0

@@ -374,7 +374,7 @@ def test_linear_and_transposed_conv1d_get_the_same_update(lr_scale):
 SMOKE_OK = (
     "aria_text", "bamba", "bloom", "cohere2_moe", "ernie4_5_moe", "falcon", "falcon_mamba", "gemma2", "glm4_moe",
     "gpt_neox", "granitemoe", "jamba", "jetmoe", "lfm2", "llama4_text", "minimax", "olmo2", "olmoe", "opt", "phi",
-    "phi3", "qwen3", "qwen3_moe", "recurrent_gemma", "rwkv", "stablelm", "starcoder2",
+    "phi3", "qwen3", "qwen3_moe", "recurrent_gemma", "rwkv", "stablelm", "starcoder2", "gptj", "zamba",
 )
 SMOKE_CLEAR = ("deepseek_v4",)  # hyper-connection mixing tensors: raw matrices of an unknown layout
 _GENERIC = dict(
@@ -387,9 +387,16 @@ _GENERIC = dict(
 )
 
 
+_EXTRA = {
+    "gptj": dict(rotary_dim=8),
+    "zamba": dict(mamba_dt_rank=4, attn_layer_period=2, attn_layer_offset=1, n_mamba_heads=2, mamba_d_state=8,
+                  mamba_d_conv=4, mamba_expand=2, attention_hidden_size=64, attention_head_dim=32),
+}
+
+
 def _smoke_model(model_type: str) -> nn.Module:
     cfg = transformers.AutoConfig.for_model(model_type)
-    for key, value in _GENERIC.items():
+    for key, value in {**_GENERIC, **_EXTRA.get(model_type, {})}.items():
         try:
             setattr(cfg, key, value)
         except (AttributeError, NotImplementedError):
