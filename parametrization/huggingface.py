@@ -44,6 +44,7 @@ except ImportError as e:  # transformers is an optional dependency of this modul
         "pip install transformers accelerate"
     ) from e
 
+from .fold import check_foldable
 from .parametrize import Parametrization
 from .roles import Role
 
@@ -155,14 +156,17 @@ def folded_state_dict(mp: Parametrization, *, device: torch.device | str | None 
     ``None`` keeps each tensor where it is). Tied weights stay one shared tensor.
 
     Raises:
-        ValueError: ``mp`` is already folded or a multiplied weight is sharded (FSDP2 DTensor;
-            gather the full model first, e.g. with ``torch.distributed.checkpoint``).
+        ValueError: ``mp`` is already folded, a multiplied weight is tied to another module
+            (as ``mp.fold()`` raises), or sharded (FSDP2 DTensor; gather the full model first,
+            e.g. with ``torch.distributed.checkpoint``).
     """
     if mp.folded:
         raise ValueError("mp is already folded: its model is the plain model; use mp.model.state_dict()")
     model = mp.model
     modules = dict(model.named_modules())
-    folded: dict[str, Tensor] = {}  # FQN of a multiplied weight → W_eff
+    # (module, parameter) pairs that fold changes: every multiplied module's weight (a muP head can
+    # carry a fixed output factor and no learnable multiplier) and whatever the multipliers scale.
+    targets = {(name, "weight") for name in check_foldable(model)}  # raises on a tied multiplied weight
     multiplier_keys = set()
     for fqn, role in mp.roles.items():
         if role != Role.MULTIPLIER.value:
@@ -170,12 +174,11 @@ def folded_state_dict(mp: Parametrization, *, device: torch.device | str | None 
         multiplier_keys.add(fqn)
         module_name, _, leaf = fqn.rpartition(".")
         match = _MULTIPLIER_SUFFIX.match(leaf)
-        if match is None:  # not a name the multiplier mechanism gives; nothing to fold into
-            continue
-        param = match["param"]
+        if match is not None:
+            targets.add((module_name, match["param"]))
+    folded: dict[str, Tensor] = {}  # FQN of a multiplied weight → W_eff
+    for module_name, param in sorted(targets):
         weight_fqn = f"{module_name}.{param}" if module_name else param
-        if weight_fqn in folded:
-            continue
         module = modules[module_name]
         raw = module._parameters.get(param)
         if raw is not None and _is_dtensor(raw):
@@ -186,14 +189,15 @@ def folded_state_dict(mp: Parametrization, *, device: torch.device | str | None 
         with torch.no_grad():
             folded[weight_fqn] = getattr(module, param).detach()  # reading the attribute gives W_eff
     out: dict[str, Tensor] = {}
-    moved: dict[int, Tensor] = {}  # keeps tied entries one tensor after the move
+    moved: dict[tuple[int, int, tuple[int, ...]], Tensor] = {}  # tied entries stay one tensor after the move
     for key, value in model.state_dict().items():
         if key in multiplier_keys:
             continue
         tensor = folded.get(key, value)
-        if id(tensor) not in moved:
-            moved[id(tensor)] = tensor if device is None else tensor.to(device)
-        out[key] = moved[id(tensor)]
+        where = _storage_key(tensor)
+        if where not in moved:
+            moved[where] = tensor if device is None else tensor.to(device)
+        out[key] = moved[where]
     return out
 
 

@@ -186,11 +186,15 @@ def test_callback_unscales_fp16_gradients_once_before_clipping():
 # --------------------------------------------------------------------------- checkpoints
 
 
-@pytest.mark.parametrize("build", [_llama, _gpt2], ids=["llama", "gpt2-tied-conv1d"])
-def test_save_folded_reloads_exactly_into_the_plain_class(tmp_path, build):
+@pytest.mark.parametrize(
+    "build, kwargs",
+    [(_llama, {}), (_gpt2, {}), (_llama, {"base_width": 16})],
+    ids=["llama", "gpt2-tied-conv1d", "llama-mup-head-factor"],
+)
+def test_save_folded_reloads_exactly_into_the_plain_class(tmp_path, build, kwargs):
     model = build().eval()
     plain_keys = set(model.state_dict())
-    mp = P.parametrize(model)
+    mp = P.parametrize(model, **kwargs)
     _perturb_multipliers(mp)
     x = torch.randint(0, VOCAB, (2, 12))
     training_state = {k: v.clone() for k, v in model.state_dict().items()}
@@ -206,7 +210,12 @@ def test_save_folded_reloads_exactly_into_the_plain_class(tmp_path, build):
     # The training model is untouched: still multiplied, same tensors.
     assert not mp.folded and any(P.is_multiplied(m) for m in model.modules())
     assert all(torch.equal(v, training_state[k]) for k, v in model.state_dict().items())
-    assert set(folded_state_dict(mp)) == plain_keys
+    folded_sd, live = folded_state_dict(mp), model.state_dict()
+    assert set(folded_sd) == plain_keys
+    for a in folded_sd:  # tied weights (GPT-2's head and wte) stay one tensor
+        for b in folded_sd:
+            if live[a].data_ptr() == live[b].data_ptr():
+                assert folded_sd[a] is folded_sd[b], (a, b)
 
 
 def test_unfolded_checkpoint_is_wrong_in_the_plain_class_and_right_with_load_unfolded(tmp_path):
