@@ -111,8 +111,8 @@ class ClipGradNormCallback(TrainerCallback):
             if ours != {id(p) for p in model.parameters()}:
                 raise ValueError(
                     f"the Trainer trains a {type(model).__name__} that is not the model mp parametrized "
-                    f"({type(self.mp.model).__name__}); pass the parametrized model itself to Trainer(model=...) "
-                    "(with model_init=, parametrize inside it and build the callback from that handle)"
+                    f"({type(self.mp.model).__name__}); pass the parametrized model itself as Trainer(model=...) "
+                    "(model_init=, which builds a new model, is not supported)"
                 )
 
     def on_init_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
