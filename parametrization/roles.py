@@ -33,6 +33,8 @@ from enum import Enum
 
 import torch.nn as nn
 
+from .owners import owners_by_id
+
 __all__ = [
     "Role",
     "WeightLayout",
@@ -242,19 +244,10 @@ def detect_roles(model: nn.Module, overrides: Mapping[str, str | Role] | None = 
 
     # All names of every parameter; tied parameters appear under several names. Tensor identity
     # is used only here, during detection, never stored.
-    names_of: dict[int, list[str]] = {}
-    owners: dict[int, list[tuple[nn.Module, str]]] = {}
-    params: dict[int, nn.Parameter] = {}
-    for mod_name, module in model.named_modules(remove_duplicate=False):
-        for pname, p in module._parameters.items():
-            if p is None:
-                continue
-            fqn = f"{mod_name}.{pname}" if mod_name else pname
-            names = names_of.setdefault(id(p), [])
-            if fqn not in names:
-                names.append(fqn)
-                owners.setdefault(id(p), []).append((module, pname))
-            params[id(p)] = p
+    by_id = owners_by_id(model)
+    names_of = {pid: [o.fqn for o in found] for pid, found in by_id.items()}
+    owners = {pid: [(o.module, o.param_name) for o in found] for pid, found in by_id.items()}
+    params = {pid: found[0].module._parameters[found[0].param_name] for pid, found in by_id.items()}
     canonical = {pid: n for pid, n in ((pid, names[0]) for pid, names in names_of.items())}
     # named_parameters() order defines the canonical name of a tied parameter.
     for fqn, p in model.named_parameters():
@@ -295,7 +288,7 @@ def detect_roles(model: nn.Module, overrides: Mapping[str, str | Role] | None = 
             roles[fqn] = Role.EMBEDDING
         elif p.ndim <= 1:
             roles[fqn] = Role.VECTOR
-        elif any(weight_layout(m) is not None and pn == "weight" for m, pn in mods):
+        elif any(weight_layout(m, pn) is not None for m, pn in mods):
             roles[fqn] = Role.MATRIX
         else:
             owner = type(mods[0][0]).__name__

@@ -30,9 +30,12 @@ def test_groups_partition_parameters_and_keep_non_matrices_off_muon(placement, o
     assert len(keys) == len(groups)  # identical settings share a group
     assert len(groups) <= 5
     for g in groups:
-        assert set(g) == {"params", "algorithm", "lr", "weight_decay", "betas", "eps", "role"}
+        base = {"params", "param_names", "algorithm", "lr", "weight_decay", "betas", "eps", "role"}
+        assert set(g) == (base | {"lr_scale", "matrix_view"} if g["algorithm"] == "muon" else base)
+        assert g["param_names"] == [n for p in g["params"] for n, q in model.named_parameters() if q is p]
         if g["algorithm"] == "muon":
             assert g["role"] == "matrix" and all(p.ndim >= 2 for p in g["params"])
+            assert g["lr_scale"] == "match_rms_adamw" and g["matrix_view"] == "out_in"
         if optimizer == "adamw":
             assert g["algorithm"] == "adamw"
     n_mult = sum(p.numel() for g in groups if g["role"] == "multiplier" for p in g["params"])
@@ -66,7 +69,7 @@ def test_overrides_by_role_and_glob():
     mp = P.parametrize(TinyLM())
     groups = mp.param_groups(
         "muon", lr=0.02,
-        rules={"vector": {"lr": 1e-4}, "*.mlp.down.weight": {"algorithm": "adamw", "lr_scale": 0.5, "betas": (0.8, 0.9)}},
+        rules={"vector": {"lr": 1e-4}, "*.mlp.down.weight": {"algorithm": "adamw", "lr_factor": 0.5, "betas": (0.8, 0.9)}},
     )
     g = _by_role(groups)
     assert g["vector"][0]["lr"] == 1e-4
