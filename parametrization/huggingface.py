@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -45,13 +44,12 @@ except ImportError as e:  # transformers is an optional dependency of this modul
     ) from e
 
 from .fold import check_foldable
+from .multipliers import multiplied_fqn, multiplied_params
 from .parametrize import Parametrization
 from .roles import Role
 
 __all__ = ["ClipGradNormCallback", "folded_state_dict", "save_folded", "load_unfolded"]
 
-# A multiplier's last FQN segment: f"{param}_mult_scalar" / "_mult_row" / "_mult_col".
-_MULTIPLIER_SUFFIX = re.compile(r"^(?P<param>.+)_mult_(scalar|row|col)$")
 _SAFE_WEIGHTS, _SAFE_INDEX = "model.safetensors", "model.safetensors.index.json"
 
 
@@ -164,30 +162,21 @@ def folded_state_dict(mp: Parametrization, *, device: torch.device | str | None 
         raise ValueError("mp is already folded: its model is the plain model; use mp.model.state_dict()")
     model = mp.model
     modules = dict(model.named_modules())
-    # (module, parameter) pairs that fold changes: every multiplied module's weight (a muP head can
-    # carry a fixed output factor and no learnable multiplier) and whatever the multipliers scale.
-    targets = {(name, "weight") for name in check_foldable(model)}  # raises on a tied multiplied weight
-    multiplier_keys = set()
-    for fqn, role in mp.roles.items():
-        if role != Role.MULTIPLIER.value:
-            continue
-        multiplier_keys.add(fqn)
-        module_name, _, leaf = fqn.rpartition(".")
-        match = _MULTIPLIER_SUFFIX.match(leaf)
-        if match is not None:
-            targets.add((module_name, match["param"]))
-    folded: dict[str, Tensor] = {}  # FQN of a multiplied weight → W_eff
-    for module_name, param in sorted(targets):
-        weight_fqn = f"{module_name}.{param}" if module_name else param
+    multiplier_keys = {fqn for fqn, role in mp.roles.items() if role == Role.MULTIPLIER.value}
+    folded: dict[str, Tensor] = {}  # FQN of a multiplied parameter → W_eff
+    # Every parameter fold() would change, a muP head's fixed output factor without learnable
+    # multipliers included; check_foldable raises on a tied multiplied weight, as fold() does.
+    for module_name in check_foldable(model):
         module = modules[module_name]
-        raw = module._parameters.get(param)
-        if raw is not None and _is_dtensor(raw):
-            raise ValueError(
-                f"{weight_fqn!r} is a sharded DTensor (FSDP2): folded_state_dict needs the full weight; "
-                "save with torch.distributed.checkpoint and fold the gathered model in one process"
-            )
-        with torch.no_grad():
-            folded[weight_fqn] = getattr(module, param).detach()  # reading the attribute gives W_eff
+        for param in multiplied_params(module):
+            fqn = f"{module_name}.{param}" if module_name else param
+            if _is_dtensor(module._parameters[param]):
+                raise ValueError(
+                    f"{fqn!r} is a sharded DTensor (FSDP2): folded_state_dict needs the full weight; "
+                    "save with torch.distributed.checkpoint and fold the gathered model in one process"
+                )
+            with torch.no_grad():
+                folded[fqn] = getattr(module, param).detach()  # reading the attribute gives W_eff
     out: dict[str, Tensor] = {}
     moved: dict[tuple[int, int, tuple[int, ...]], Tensor] = {}  # tied entries stay one tensor after the move
     for key, value in model.state_dict().items():
@@ -269,7 +258,7 @@ def load_unfolded(mp: Parametrization, checkpoint_dir: str | os.PathLike[str]) -
         # A weight loaded without its multipliers sets them to 1 (plain-checkpoint semantics); keep
         # the multipliers an earlier shard already loaded.
         current = model.state_dict()
-        shard.update({k: current[k] for k in done if k not in shard and _MULTIPLIER_SUFFIX.match(k.rpartition(".")[2])})
+        shard.update({k: current[k] for k in done if k not in shard and multiplied_fqn(k) is not None})
         model.load_state_dict(shard, strict=False)
         done.update(shard)
     return mp
@@ -278,14 +267,8 @@ def load_unfolded(mp: Parametrization, checkpoint_dir: str | os.PathLike[str]) -
 def _missing_untied(expected: Mapping[str, Tensor], loaded: set[str]) -> list[str]:
     """Keys not loaded and not sharing storage with a loaded key (tied weights are saved once)."""
     loaded_storage = {_storage_key(expected[k]) for k in loaded}
-    multiplier_fill = set()
-    for key in expected:
-        module_name, _, leaf = key.rpartition(".")
-        match = _MULTIPLIER_SUFFIX.match(leaf)
-        if match is not None:
-            weight_key = f"{module_name}.{match['param']}" if module_name else match["param"]
-            if weight_key in loaded:  # loaded as 1 with a plain weight, on purpose
-                multiplier_fill.add(key)
+    # Multipliers of a weight loaded without them are set to 1 (a plain checkpoint), on purpose.
+    multiplier_fill = {k for k in expected if multiplied_fqn(k) in loaded}
     return [
         k for k in expected
         if k not in loaded and k not in multiplier_fill and _storage_key(expected[k]) not in loaded_storage
