@@ -78,9 +78,10 @@ class _GradProbe(transformers.TrainerCallback):
     """Records every gradient at the first optimizer step."""
 
     def __init__(self, model):
-        self.model, self.grads = model, None
+        self.model, self.grads, self.calls = model, None, 0
 
     def on_pre_optimizer_step(self, args, state, control, **kw):
+        self.calls += 1
         if self.grads is None:
             self.grads = {n: p.grad.clone() for n, p in self.model.named_parameters() if p.grad is not None}
 
@@ -117,8 +118,9 @@ def test_trainer_step_clips_like_mp_clip_grad_norm_and_leaves_multipliers_unscal
     mult = {n for n, r in mp.roles.items() if r == "multiplier"}
     before, after = _GradProbe(mp.model), _GradProbe(mp.model)
     clip = ClipGradNormCallback(mp, max_norm=max_norm)
-    trainer = _trainer(mp, _args(tmp_path), [before, clip, after])
+    trainer = _trainer(mp, _args(tmp_path, gradient_accumulation_steps=2), [before, clip, after])
     trainer.train()
+    assert before.calls == after.calls == trainer.state.global_step == 2  # once per step, after accumulation
 
     pre, post = before.grads, after.grads
     assert mult and mult <= set(pre)
