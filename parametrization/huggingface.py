@@ -220,8 +220,9 @@ def load_unfolded(mp: Parametrization, checkpoint_dir: str | os.PathLike[str]) -
 
     Raises:
         ValueError: the checkpoint has keys the model lacks (typically multipliers where this
-            model has none: parametrize with the same ``multipliers=``), or lacks keys the model
-            has; checked before anything is loaded, so the model is then unchanged.
+            model has none: parametrize with the same ``multipliers=``), lacks keys the model
+            has, or holds a tensor of another shape; all checked before anything is loaded, so
+            the model is then unchanged.
     """
     from safetensors import safe_open
     from safetensors.torch import load_file
@@ -236,10 +237,11 @@ def load_unfolded(mp: Parametrization, checkpoint_dir: str | os.PathLike[str]) -
         raise ValueError(f"checkpoint_dir={folder!r} has neither {_SAFE_WEIGHTS} nor {_SAFE_INDEX}")
     model = mp.model
     expected = model.state_dict()
-    keys: set[str] = set()
+    shapes: dict[str, tuple[int, ...]] = {}
     for name in files:
         with safe_open(os.path.join(folder, name), framework="pt") as f:
-            keys.update(f.keys())
+            shapes.update({k: tuple(f.get_slice(k).get_shape()) for k in f.keys()})
+    keys = set(shapes)
     unexpected = sorted(k for k in keys if k not in expected)
     if unexpected:
         raise ValueError(
@@ -251,6 +253,12 @@ def load_unfolded(mp: Parametrization, checkpoint_dir: str | os.PathLike[str]) -
         raise ValueError(
             f"checkpoint {folder!r} lacks {len(missing)} of the model's keys, e.g. {missing[:3]}; it was saved "
             "from a different model or parametrization"
+        )
+    wrong = [f"{k}: {shapes[k]} vs {tuple(expected[k].shape)}" for k in sorted(keys) if shapes[k] != tuple(expected[k].shape)]
+    if wrong:
+        raise ValueError(
+            f"checkpoint {folder!r} has {len(wrong)} tensors whose shape differs from the model's "
+            f"(checkpoint vs model), e.g. {wrong[:3]}; build the model from the checkpoint's config"
         )
     done: set[str] = set()
     for name in files:  # one shard in memory at a time

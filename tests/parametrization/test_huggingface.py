@@ -258,6 +258,13 @@ def test_load_unfolded_refuses_another_parametrization_and_changes_nothing(tmp_p
     assert all(torch.equal(v, state[k]) for k, v in other.model.state_dict().items())
     with pytest.raises(ValueError, match="model.safetensors"):
         load_unfolded(mp, tmp_path)
+    wider = P.parametrize(transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        num_hidden_layers=2, hidden_size=32, intermediate_size=128, num_attention_heads=2, num_key_value_heads=1,
+        vocab_size=VOCAB, tie_word_embeddings=False)))
+    state = {k: v.clone() for k, v in wider.model.state_dict().items()}
+    with pytest.raises(ValueError, match="shape"):
+        load_unfolded(wider, tmp_path / "unfolded")
+    assert all(torch.equal(v, state[k]) for k, v in wider.model.state_dict().items())
 
 
 def test_load_unfolded_keeps_multipliers_of_an_earlier_shard(tmp_path):
