@@ -44,7 +44,7 @@ from .lr_scale import LR_SCALE_RULES, lr_scale
 from .matrix_view import as_matrices, check_matrix_view, matrix_fans
 from .newton_schulz import NS_METHODS, check_coefficients, default_ns_dtype, newton_schulz
 
-__all__ = ["Muon", "matrix_fans", "muon_momentum", "orthogonalize_updates"]
+__all__ = ["Muon", "advance_momentum", "matrix_fans", "muon_momentum", "orthogonalize_updates"]
 
 ALGORITHMS = ("muon", "adamw")
 
@@ -326,7 +326,9 @@ class Muon(GuardedOptimizer):
 
         if not params:
             return [self._filled(part([], group), "muon")]
-        example = lambda idx: _new_label(names, idx[0], params[idx[0]])  # noqa: E731
+        def example(idx: list[int]) -> str:
+            return _new_label(names, idx[0], params[idx[0]])
+
         adamw_keys = {k for k in written if k in ADAMW_ONLY_KEYS or k.startswith("adamw_")}
         if not mats:
             unused = sorted(written & MUON_ONLY_KEYS) + sorted(
