@@ -324,11 +324,17 @@ class Muon(GuardedOptimizer):
                 out["param_names"] = [names[i] for i in idx]
             return out
 
-        if not params:
-            return [self._filled(part([], group), "muon")]
         def example(idx: list[int]) -> str:
             return _new_label(names, idx[0], params[idx[0]])
 
+        if not params:
+            return [self._filled(part([], group), "muon")]
+        both = [k for k in ("betas", "eps") if k in written and f"adamw_{k}" in written]
+        if both:
+            raise ValueError(
+                f"a param group without 'algorithm' sets both {both[0]} and adamw_{both[0]}; they name the same "
+                "AdamW setting: write one"
+            )
         adamw_keys = {k for k in written if k in ADAMW_ONLY_KEYS or k.startswith("adamw_")}
         if not mats:
             unused = sorted(written & MUON_ONLY_KEYS) + sorted(
