@@ -511,3 +511,22 @@ def test_muon_on_cuda_bf16_params_keep_momentum_and_grad_intact() -> None:
     opt.step()
     assert torch.equal(p.grad, g)
     assert torch.equal(opt.state[p]["momentum_buffer"], torch.zeros_like(g).lerp_(g, 0.1))
+
+
+def test_one_orthogonalization_call_per_ns_setting_over_all_groups(monkeypatch: pytest.MonkeyPatch) -> None:
+    import optimizers.muon as muon_module
+
+    calls = []
+    real = muon_module.orthogonalize_updates
+
+    def spy(updates, **kw):
+        calls.append(([tuple(u.shape) for u in updates], kw["steps"]))
+        return real(updates, **kw)
+
+    monkeypatch.setattr(muon_module, "orthogonalize_updates", spy)
+    ps = [torch.randn(8, 4, requires_grad=True) for _ in range(4)] + [torch.randn(4, 8, requires_grad=True)]
+    opt = Muon([{"params": ps[:2]}, {"params": ps[2:4], "lr": 0.01}, {"params": ps[4:], "ns_steps": 3}])
+    for p in ps:
+        p.grad = torch.randn_like(p)
+    opt.step()
+    assert sorted(calls, key=lambda c: c[1]) == [([(4, 8)], 3), ([(8, 4)] * 4, 5)]
