@@ -526,3 +526,6 @@ def _recheck(group: dict[str, Any]) -> None:
     if group.get("algorithm") == "adamw":
         V.check_betas("betas", group["betas"])
         V.check_nonnegative("eps", group["eps"])
+    elif group.get("matrix_view") is not None:
+        for i, p in enumerate(group["params"]):
+            check_matrix_view(group["matrix_view"], p.ndim, _new_label(group.get("param_names"), i, p))
