@@ -36,7 +36,9 @@ from .fold import fold
 from .multipliers import is_multiplied, raw_weight, set_compute
 from .placement import Placement
 from .parametrize import Parametrization, parametrize
-from .roles import Role, WeightLayout, detect_roles, register_layout
+from .roles import Role, WeightLayout, detect_roles, register_layout, register_role
+from . import layouts  # registers the built-in layouts and roles of known model families
+from .layouts import symmetry_free
 
 __all__ = [
     "parametrize",
@@ -46,6 +48,9 @@ __all__ = [
     "WeightLayout",
     "detect_roles",
     "register_layout",
+    "register_role",
+    "layouts",
+    "symmetry_free",
     "effective_weight",
     "fold",
     "is_multiplied",
