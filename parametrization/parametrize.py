@@ -230,13 +230,16 @@ class Parametrization:
         """Print (and return) a rich table: role, tensors, parameters, algorithm, lr, wd.
 
         Settings come from ``param_group_kwargs`` (the arguments of :meth:`param_groups`), else
-        from the last :meth:`param_groups` call, else the defaults. The caption gives the share
+        from the last :meth:`param_groups` call, else the defaults (under muP with ``adamw_lr``
+        equal to the default ``lr``). The caption gives the share
         of multiplier parameters in the model (≪ 1% for real models).
         """
         from rich.console import Console
         from rich.table import Table
 
         kwargs = param_group_kwargs or self._last_group_kwargs or {}
+        if not kwargs and self.width is not None:
+            kwargs = {"adamw_lr": 0.02}  # muP's spectral default asks for adamw_lr; show lr's default
         groups = self.param_groups(**kwargs)
         total = sum(p.numel() for _, p in self.model.named_parameters())
         n_mult = sum(p.numel() for p in self.multiplier_parameters())
