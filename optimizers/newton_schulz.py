@@ -33,13 +33,16 @@ Low-precision compute dtypes (bf16, fp16): ``X`` is stored in that dtype, but th
 ``A``, ``B`` and ``C = B + a·I`` are kept in fp32 (:func:`_iterate_low_precision`). Folding ``a`` into
 ``C`` in fp32 is what keeps the accuracy: near convergence ``B ≈ −2.7·I`` and ``C ≈ 0.7·I``, so rounding
 ``B`` (or ``B + a·I`` computed from a rounded ``B``) to bf16 loses the small part that ``C`` is made of.
-Relative error against float64 after 5 quintic steps (Frobenius norm, mean of 3 Gaussian matrices;
-``python -m benchmarks.newton_schulz_accuracy``):
+Relative error against the same iteration in float64 after 5 quintic steps (Frobenius norm, mean of 3
+matrices 96×(96…768); ``python -m benchmarks.newton_schulz_accuracy``):
 
-    bf16 form                                  64×96    128×128  256×1024  512×2048
-    torch's ``addmm(X, B, X, beta=a)``         1.4e-2   1.2e-2   1.2e-2    1.3e-2
-    ours on CUDA (low-precision GEMMs)         1.2e-2   1.1e-2   8.9e-3    1.2e-2
-    ours elsewhere (fp32 GEMMs on bf16 X)      6.0e-3   7.0e-3   4.8e-3    5.0e-3
+    bf16 form                                   Gaussian            singular values over 3 decades
+    torch's ``addmm(X, B, X, beta=a)``          1.2e-2 – 1.3e-2     4.4e-2 – 7.4e-2
+    ours on CUDA (bf16 GEMMs, as torch's)       7.6e-3 – 1.2e-2     4.5e-2 – 7.4e-2
+    ours elsewhere (fp32 GEMMs on bf16 X)       4.5e-3 – 7.0e-3     4.3e-2 – 7.3e-2
+
+On ill-conditioned input the rounding of X itself dominates, so all three forms are within 3 % there.
+The fp32 path keeps ``(B + a·I)·X`` (``_iterate``): 1.1e-6 – 6.4e-6 on the same matrices.
 """
 
 from __future__ import annotations
@@ -235,9 +238,9 @@ def _iterate_low_precision(X: Tensor, schedule: _Schedule, steps: int, *, fp32_p
     * ``fp32_products=False`` (CUDA): every GEMM reads low-precision inputs, as torch's form does, so
       the cost is the same; ``A`` is rounded to X's dtype before squaring (so ``b·A`` and ``c·A²`` see
       the same matrix, which the iteration tolerates far better than two different roundings) and
-      ``C`` is rounded before ``C X``. 0.76–0.91× the error of torch's form.
+      ``C`` is rounded before ``C X``. 0.6–0.9× the error of torch's form on Gaussian matrices.
     * ``fp32_products=True`` (CPU, where fp32 GEMMs are the fast ones): ``A`` and ``C X`` are fp32
-      products of the exactly upcast X; only X is rounded. 0.4–0.6× the error of torch's form.
+      products of the exactly upcast X; only X is rounded. 0.4–0.55× the error of torch's form.
     """
     low = X.dtype
     for k in range(steps):
