@@ -2,6 +2,7 @@
 
 from .adamw import AdamW
 from .lr_scale import LR_SCALE_RULES, lr_scale
+from .matrix_view import MATRIX_VIEWS, matrix_fans
 from .muon import Muon
 from .newton_schulz import NS_COEFFICIENTS, newton_schulz, newton_schulz_flops
 from .orthogonalize import orthogonalize_updates
@@ -9,9 +10,11 @@ from .orthogonalize import orthogonalize_updates
 __all__ = [
     "AdamW",
     "LR_SCALE_RULES",
+    "MATRIX_VIEWS",
     "Muon",
     "NS_COEFFICIENTS",
     "lr_scale",
+    "matrix_fans",
     "newton_schulz",
     "newton_schulz_flops",
     "orthogonalize_updates",
