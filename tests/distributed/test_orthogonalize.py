@@ -145,3 +145,29 @@ def test_orthogonalize_dtensors_treats_plain_tensors_locally():
 def test_orthogonalize_replicated_rejects_vectors_with_value_error():
     with pytest.raises(ValueError, match=r"updates\[1\]"):
         orthogonalize_replicated([torch.randn(2, 2), torch.randn(3)], orthogonalize=_polar_list)
+
+
+def test_orthogonalize_distributed_uses_the_hook_for_local_updates():
+    from optimizers.distributed import orthogonalize_distributed
+
+    seen = []
+
+    def hook(mats):
+        seen.extend(tuple(m.shape) for m in mats)
+        return _polar_list(mats)
+
+    x = [torch.randn(3, 5), torch.randn(4, 2)]
+    out = orthogonalize_distributed(x, orthogonalize=hook)
+    assert seen == [(3, 5), (4, 2)]
+    for o, xi in zip(out, x):
+        torch.testing.assert_close(o, polar(xi))
+
+
+def test_orthogonalize_distributed_default_is_the_local_batched_newton_schulz():
+    from optimizers import orthogonalize_updates
+    from optimizers.distributed import orthogonalize_distributed
+
+    x = [torch.randn(6, 4), torch.randn(4, 6)]
+    kw = dict(steps=3, coefficients="polar_express", dtype=torch.float64, method="standard")
+    for o, e in zip(orthogonalize_distributed(x, **kw), orthogonalize_updates(x, **kw)):
+        assert torch.equal(o, e)
