@@ -23,9 +23,12 @@ What the peers cannot match, and why their times differ:
 
 * ``torch.optim.Muon``: Newton–Schulz always in bf16 (``a·X`` folded into the GEMM); 2-D parameters only.
 * ``heavyball.Muon``: bf16 Newton–Schulz with its own per-step coefficient schedule, 5 steps fixed;
-  compiled with ``torch.compile`` by default (disabled here: compiling takes minutes on a CPU).
-* ``pytorch_optimizer.Muon``: bf16 Newton–Schulz; the benchmark records whether a step modifies
-  ``p.grad`` (column "grad kept").
+  compiled with ``torch.compile`` by default (disabled here: compiling takes minutes on a CPU); its
+  step sets ``p.grad`` to ``None`` (3.2.1).
+* ``pytorch_optimizer.Muon``: bf16 Newton–Schulz; its step overwrites ``p.grad`` (4.1.0).
+
+The table records whether a peer's step left ``p.grad`` as it was ("p.grad kept"); where it did not,
+the benchmark puts the gradient back after each step so that every timed step does the same work.
 
 Usage::
 
