@@ -470,13 +470,26 @@ def test_nonfinite_skip_skips_every_group_and_counts() -> None:
 
 
 def test_ns_dtype_override_is_used() -> None:
-    w64 = torch.randn(8, 6, dtype=torch.float64)
-    a, b = w64.float().requires_grad_(), w64.float().requires_grad_()
-    g = torch.randn(8, 6)
-    a.grad, b.grad = g, g.clone()
-    Muon([a], ns_dtype=torch.float64).step()
-    Muon([b]).step()
-    assert torch.allclose(a, b, atol=1e-6) and a.dtype == torch.float32
+    # float64 parameters: the default computes Newton–Schulz in fp32 (error ~1e-7 relative), an
+    # ns_dtype=float64 override in float64 (~1e-16). The expected update is built from an explicit
+    # float64 Newton–Schulz, so ignoring the override fails by orders of magnitude.
+    from optimizers import newton_schulz
+
+    g = torch.Generator().manual_seed(3)
+    w0, grad = torch.randn(8, 6, generator=g, dtype=torch.float64), torch.randn(8, 6, generator=g, dtype=torch.float64)
+    lr, momentum = 0.02, 0.95
+    update = (1 - momentum) * grad + momentum * (1 - momentum) * grad  # Nesterov, first step
+    scale = math.sqrt(max(1.0, 8 / 6))
+    expected = w0 * (1 - lr * 0.1) - lr * scale * newton_schulz(update, dtype=torch.float64)
+    results = {}
+    for ns_dtype in (torch.float64, None):
+        p = w0.clone().requires_grad_()
+        p.grad = grad.clone()
+        Muon([p], lr=lr, momentum=momentum, ns_dtype=ns_dtype).step()
+        assert p.dtype == torch.float64
+        results[ns_dtype] = (p.detach() - expected).abs().max().item()
+    assert results[torch.float64] < 1e-14, results
+    assert results[None] > 1e-10, results  # fp32 compute is visibly different, so the check can fail
 
 
 # ---- CUDA (skipped without a GPU) ----------------------------------------------------------------------
