@@ -40,7 +40,7 @@ import torch
 from torch import Tensor
 
 from . import _validation as V
-from ._guarded import GuardedOptimizer, check_state_matches_params, param_label
+from ._guarded import GuardedOptimizer, check_state_matches_params
 from .adamw import ADAMW_GROUP_DEFAULTS, ADAMW_STATE_KEYS, adamw_group_update, check_adamw_group, choose_path
 from .lr_scale import LR_SCALE_RULES, lr_scale
 from .distributed import orthogonalize_distributed
