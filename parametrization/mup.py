@@ -56,8 +56,14 @@ def hidden_init_std(base_std: float, m: float) -> float:
 
 
 def fan_in(weight: Tensor, layout: WeightLayout) -> int:
-    """Input features per output feature: ``numel / shape[row_dim]`` (kernel taps included)."""
-    return weight.numel() // weight.shape[layout.row_dim % weight.ndim]
+    """Input features per output feature of one matrix: ``numel / (shape[row_dim]·shape[batch_dim])``.
+
+    Kernel taps count as inputs; a batch axis (stacked experts) indexes separate matrices.
+    """
+    per_matrix = weight.numel() // weight.shape[layout.row_dim % weight.ndim]
+    if layout.batch_dim is not None:
+        per_matrix //= weight.shape[layout.batch_dim % weight.ndim]
+    return per_matrix
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from torch import Tensor
 from . import mup as _mup
 from .fold import check_foldable, fold as _fold
 from .multipliers import Compute, Placement, attach, is_multiplied, reset
+from .owners import Owner as _Owner, owners as _owners
 from .roles import Role, RoleTable, WeightLayout, detect_roles, weight_layout
 from .rules import (
     Settings,
@@ -52,30 +53,11 @@ _WRAPPER_SEGMENTS = ("_orig_mod", "_checkpoint_wrapped_module", "_fsdp_wrapped_m
 _MARK = "_lrm_parametrized"
 
 
-class _Owner:
-    """The module that stores a weight, under one of its names."""
-
-    __slots__ = ("module_name", "module", "param_name")
-
-    def __init__(self, module_name: str, module: nn.Module, param_name: str) -> None:
-        self.module_name, self.module, self.param_name = module_name, module, param_name
-
-
-def _owners(model: nn.Module) -> dict[str, list[_Owner]]:
-    """Canonical FQN → every (module, attribute) that holds that parameter."""
-    by_id: dict[int, list[_Owner]] = {}
-    for mod_name, module in model.named_modules(remove_duplicate=False):
-        for pname, p in module._parameters.items():
-            if p is not None:
-                by_id.setdefault(id(p), []).append(_Owner(mod_name, module, pname))
-    return {fqn: by_id[id(p)] for fqn, p in model.named_parameters()}
-
-
 def _layout_of(owners: list[_Owner]) -> WeightLayout | None:
     """Layout of a weight held by exactly one known Linear-like/embedding module."""
-    if len(owners) != 1 or owners[0].param_name != "weight":
+    if len(owners) != 1:
         return None
-    return weight_layout(owners[0].module)
+    return weight_layout(owners[0].module, owners[0].param_name)
 
 
 def _placements(
@@ -479,13 +461,15 @@ def parametrize(
     for fqn, placement in placements.items():
         owner = owners[fqn][0]
         fixed = head_fixed[1] if head_fixed is not None and head_fixed[0] == fqn else 1.0
-        names = attach(owner.module, placement, weight_layout(owner.module) or WeightLayout(), fixed=fixed, compute=compute)
+        layout = weight_layout(owner.module, owner.param_name) or WeightLayout()
+        names = attach(owner.module, placement, layout, param=owner.param_name, fixed=fixed, compute=compute)
         for name in names:
             roles_out[f"{owner.module_name}.{name}" if owner.module_name else name] = Role.MULTIPLIER
     if head_fixed is not None and head_fixed[0] not in placements:
         owner = _head_module(owners[head_fixed[0]])
         assert owner is not None  # checked above
-        attach(owner.module, Placement(), weight_layout(owner.module) or WeightLayout(), fixed=head_fixed[1], compute=compute)
+        layout = weight_layout(owner.module, owner.param_name) or WeightLayout()
+        attach(owner.module, Placement(), layout, param=owner.param_name, fixed=head_fixed[1], compute=compute)
 
     # Registry in named_parameters() order (multipliers right after their module's parameters).
     ordered = {fqn: roles_out[fqn] for fqn, _ in model.named_parameters()}
@@ -495,17 +479,16 @@ def parametrize(
 
 def _head_or_own_layout(owners: list[_Owner]) -> WeightLayout | None:
     for o in owners:
-        if o.param_name == "weight":
-            lay = weight_layout(o.module)
-            if lay is not None:
-                return lay
+        lay = weight_layout(o.module, o.param_name)
+        if lay is not None:
+            return lay
     return None
 
 
 def _head_module(owners: list[_Owner]) -> _Owner | None:
     """The Linear-like module that reads out through the head weight (not the embedding use)."""
     for o in reversed(owners):
-        if o.param_name == "weight" and weight_layout(o.module) is not None and not isinstance(o.module, (nn.Embedding, nn.EmbeddingBag)):
+        if weight_layout(o.module, o.param_name) is not None and not isinstance(o.module, (nn.Embedding, nn.EmbeddingBag)):
             return o
     return None
 

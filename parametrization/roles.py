@@ -295,7 +295,7 @@ def detect_roles(model: nn.Module, overrides: Mapping[str, str | Role] | None = 
             roles[fqn] = Role.EMBEDDING
         elif p.ndim <= 1:
             roles[fqn] = Role.VECTOR
-        elif any(weight_layout(m) is not None and pn == "weight" for m, pn in mods):
+        elif any(weight_layout(m, pn) is not None for m, pn in mods):
             roles[fqn] = Role.MATRIX
         else:
             owner = type(mods[0][0]).__name__

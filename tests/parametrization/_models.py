@@ -134,3 +134,38 @@ class GPT2Like(nn.Module):
         x = self.wte(idx)
         x = x + self.c_proj(F.gelu(self.c_fc(x)))
         return self.lm_head(self.ln_f(x))
+
+
+class ToyExperts(nn.Module):
+    """Fused experts as transformers stores them: ``gate_up_proj [E, 2f, d]``, ``down_proj [E, d, f]``.
+
+    Every token goes through every expert, mixed by softmax router weights (dense, so that every
+    expert's multipliers get a gradient).
+    """
+
+    def __init__(self, d: int, f: int, n_experts: int) -> None:
+        super().__init__()
+        self.gate_up_proj = nn.Parameter(torch.randn(n_experts, 2 * f, d) / d**0.5)
+        self.down_proj = nn.Parameter(torch.randn(n_experts, d, f) / f**0.5)
+
+    def forward(self, x: Tensor, mix: Tensor) -> Tensor:
+        gate, up = torch.einsum("btd,efd->btef", x, self.gate_up_proj).chunk(2, dim=-1)
+        y = torch.einsum("btef,edf->bted", F.silu(gate) * up, self.down_proj)
+        return torch.einsum("bted,bte->btd", y, mix)
+
+
+class ToyMoE(nn.Module):
+    """Embedding → router + fused experts → norm → head."""
+
+    def __init__(self, vocab: int = 32, d: int = 16, f: int = 24, n_experts: int = 3) -> None:
+        super().__init__()
+        self.wte = nn.Embedding(vocab, d)
+        self.router = nn.Linear(d, n_experts, bias=False)
+        self.experts = ToyExperts(d, f, n_experts)
+        self.norm = nn.RMSNorm(d)
+        self.lm_head = nn.Linear(d, vocab, bias=False)
+
+    def forward(self, idx: Tensor) -> Tensor:
+        x = self.wte(idx)
+        x = x + self.experts(x, self.router(x).softmax(-1))
+        return self.lm_head(self.norm(x))
