@@ -237,7 +237,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = ap.parse_args(argv)
     if args.quick:
         args.preset, args.batch, args.steps, args.forward_steps, args.warmup = "tiny", 2, 2, 2, 1
-        args.widths, args.sweep_batch, args.sweep_seq, args.sweep_steps, args.no_memory_rows = [64, 128], 2, 32, 1, True
+        args.widths, args.sweep_batch, args.sweep_seq, args.sweep_steps, args.no_memory_rows = [32, 64], 2, 32, 1, True
     if args.sweep_steps < 0:
         raise SystemExit(f"--sweep-steps must be >= 0, got {args.sweep_steps}")
     for name in ("batch", "steps", "forward_steps", "sweep_batch", "sweep_seq"):
