@@ -46,12 +46,14 @@ from torch import Tensor
 
 from .effective_weight import check_multipliers, prefers_activation_side
 from .multiplied_ops import multiplied_conv, multiplied_embedding, multiplied_linear, multiplied_weight
+from .placement import Placement
 from .roles import WeightLayout
 
 __all__ = [
     "Placement",
     "MULTIPLIER_SUFFIXES",
     "multiplier_names",
+    "multiplied_fqn",
     "attach",
     "fold_module",
     "is_multiplied",
@@ -75,34 +77,12 @@ def multiplier_names(param: str = "weight") -> tuple[str, str, str]:
     return tuple(param + suffix for suffix in MULTIPLIER_SUFFIXES)  # type: ignore[return-value]
 
 
-@dataclass(frozen=True)
-class Placement:
-    """Which multipliers a layer gets: a scalar ``s``, a row vector ``r``, a column vector ``c``."""
-
-    scalar: bool = False
-    row: bool = False
-    col: bool = False
-
-    @classmethod
-    def parse(cls, spec: str, *, where: str = "placement") -> "Placement":
-        """Parse a spec string made of the letters ``s``, ``r``, ``c`` (or ``""``/``"none"``)."""
-        if not isinstance(spec, str):
-            raise TypeError(f"{where} must be a string of the letters 's', 'r', 'c', got {spec!r}")
-        letters = "" if spec == "none" else spec
-        bad = set(letters) - set("src")
-        if bad or len(set(letters)) != len(letters):
-            raise ValueError(
-                f"{where} = {spec!r} is not a placement; use the letters 's' (scalar), 'r' (row), "
-                f"'c' (column) at most once each, e.g. 'rc', 'r', 's', or 'none'"
-            )
-        return cls(scalar="s" in letters, row="r" in letters, col="c" in letters)
-
-    @property
-    def any(self) -> bool:
-        return self.scalar or self.row or self.col
-
-    def __str__(self) -> str:
-        return ("s" if self.scalar else "") + ("r" if self.row else "") + ("c" if self.col else "") or "-"
+def multiplied_fqn(multiplier_fqn: str) -> str | None:
+    """FQN of the parameter a multiplier scales (``"a.weight_mult_row"`` → ``"a.weight"``), else ``None``."""
+    for suffix in MULTIPLIER_SUFFIXES:
+        if multiplier_fqn.endswith(suffix):
+            return multiplier_fqn[: -len(suffix)]
+    return None
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch.nn as nn
 
-__all__ = ["Owner", "owners_by_id", "owners"]
+__all__ = ["Owner", "owners_by_id", "owners", "strip_wrappers"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -46,3 +46,15 @@ def owners(model: nn.Module) -> dict[str, list[Owner]]:
     """Canonical FQN (as ``named_parameters()`` spells it) → every owner of that parameter."""
     by_id = owners_by_id(model)
     return {fqn: by_id[id(p)] for fqn, p in model.named_parameters()}
+
+
+# Wrapper segments that torch.compile, activation checkpointing and FSDP1 put into FQNs.
+_WRAPPER_SEGMENTS = ("_orig_mod", "_checkpoint_wrapped_module", "_fsdp_wrapped_module")
+
+
+def strip_wrappers(fqn: str) -> str:
+    """``fqn`` without the segments wrappers add (``_orig_mod.``, DDP's leading ``module.``, ...)."""
+    parts = [p for p in fqn.split(".") if p not in _WRAPPER_SEGMENTS]
+    if parts and parts[0] == "module":  # DistributedDataParallel
+        parts = parts[1:]
+    return ".".join(parts)

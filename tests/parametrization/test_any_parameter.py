@@ -11,20 +11,8 @@ import torch
 import parametrization as P
 from parametrization.multipliers import Placement, attach, fold_module, multiplied_params, reset
 from parametrization.roles import WeightLayout
+from tests.parametrization._helpers import IDX, perturb_multipliers
 from tests.parametrization._models import ToyExperts, ToyMoE
-
-P.register_layout(ToyExperts, param="gate_up_proj", row_dim=1, col_dim=2, batch_dim=0)
-P.register_layout(ToyExperts, param="down_proj", row_dim=1, col_dim=2, batch_dim=0)
-
-IDX = torch.randint(0, 32, (2, 5), generator=torch.Generator().manual_seed(0))
-
-
-def _perturb_all(model: torch.nn.Module, seed: int = 0) -> None:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "_mult_" in name:
-                p.copy_(torch.rand(p.shape, generator=g) + 0.5)
 
 
 def test_experts_get_per_expert_row_and_column_multipliers_and_are_identity_at_init():
@@ -51,8 +39,8 @@ def test_scalar_placement_on_experts_has_one_scalar_per_expert():
 
 def test_reading_the_parameter_returns_w_eff_per_expert():
     model = ToyMoE()
-    P.parametrize(model, {"experts": "src"})
-    _perturb_all(model)
+    mp = P.parametrize(model, {"experts": "src"})
+    perturb_multipliers(mp)
     ex = model.experts
     w = P.raw_weight(ex, "down_proj")
     s, r, c = ex.down_proj_mult_scalar, ex.down_proj_mult_row, ex.down_proj_mult_col
@@ -65,7 +53,7 @@ def test_fold_of_experts_is_exact_and_restores_the_plain_class_and_keys():
     model = ToyMoE()
     plain_keys = list(model.state_dict())
     mp = P.parametrize(model)
-    _perturb_all(model)
+    perturb_multipliers(mp)
     with torch.no_grad():
         before = model(IDX)
     folded = mp.fold()
@@ -77,8 +65,8 @@ def test_fold_of_experts_is_exact_and_restores_the_plain_class_and_keys():
 def test_expert_multipliers_get_the_gradient_of_w_eff():
     torch.manual_seed(2)
     model = ToyMoE()
-    P.parametrize(model, {"experts": "rc"})
-    _perturb_all(model)
+    mp = P.parametrize(model, {"experts": "rc"})
+    perturb_multipliers(mp)
     ex = model.experts
     model(IDX).square().mean().backward()
     w, r, c = P.raw_weight(ex, "gate_up_proj"), ex.gate_up_proj_mult_row, ex.gate_up_proj_mult_col
@@ -99,8 +87,8 @@ def test_plain_checkpoint_loads_strict_with_expert_multipliers_set_to_one():
     torch.manual_seed(3)
     plain = ToyMoE()
     model = ToyMoE()
-    P.parametrize(model)
-    _perturb_all(model)
+    mp = P.parametrize(model)
+    perturb_multipliers(mp)
     model.load_state_dict(plain.state_dict(), strict=True)
     assert torch.equal(model.experts.down_proj_mult_row, torch.ones(3, 16))
     assert torch.equal(model(IDX), plain(IDX))
@@ -109,8 +97,8 @@ def test_plain_checkpoint_loads_strict_with_expert_multipliers_set_to_one():
 def test_deepcopy_and_pickle_keep_every_multiplied_parameter():
     torch.manual_seed(4)
     model = ToyMoE()
-    P.parametrize(model)
-    _perturb_all(model)
+    mp = P.parametrize(model)
+    perturb_multipliers(mp)
     for clone in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
         assert type(clone.experts) is type(model.experts)
         assert multiplied_params(clone.experts) == ("gate_up_proj", "down_proj")
