@@ -78,7 +78,7 @@ def _eq4(ctx: Any, w: Tensor, grad_eff: Tensor, s: Tensor | None, r: Tensor | No
 # --------------------------------------------------------------------------- linear
 
 
-class _MultipliedLinear(torch.autograd.Function):
+class _LinearFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: Tensor, w: Tensor, b: Tensor | None, s: Tensor | None, r: Tensor | None, c: Tensor | None, fixed: float, activation_side: bool) -> Tensor:  # type: ignore[override]
         dt = _autocast_dtype(x)
@@ -145,13 +145,13 @@ def multiplied_linear(
     only for ``∂x``. ``activation_side`` (default False) scales ``x`` and ``y`` instead of ``W``:
     O(tokens·(m+n)) instead of O(m·n) element-wise work, same result up to rounding.
     """
-    return _MultipliedLinear.apply(x, weight, bias, scalar, row, col, fixed, activation_side)
+    return _LinearFn.apply(x, weight, bias, scalar, row, col, fixed, activation_side)
 
 
 # --------------------------------------------------------------------------- convolution
 
 
-class _MultipliedConv(torch.autograd.Function):
+class _ConvFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: Tensor, w: Tensor, b: Tensor | None, s: Tensor | None, r: Tensor | None, c: Tensor | None, fixed: float, row_dim: int, col_dim: int, conv: tuple[Any, ...]) -> Tensor:  # type: ignore[override]
         dt = _autocast_dtype(x)
@@ -214,13 +214,13 @@ def multiplied_conv(
     ``nn.ConvTranspose*``). Saves ``x``, ``W`` and the multipliers.
     """
     conv = (list(stride), list(padding), list(dilation), transposed, list(output_padding), groups)
-    return _MultipliedConv.apply(x, weight, bias, scalar, row, col, fixed, row_dim, col_dim, conv)
+    return _ConvFn.apply(x, weight, bias, scalar, row, col, fixed, row_dim, col_dim, conv)
 
 
 # --------------------------------------------------------------------------- embedding
 
 
-class _MultipliedEmbedding(torch.autograd.Function):
+class _EmbeddingFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, idx: Tensor, w: Tensor, s: Tensor | None, r: Tensor | None, c: Tensor | None, fixed: float, padding_idx: int, scale_grad_by_freq: bool, activation_side: bool) -> Tensor:  # type: ignore[override]
         if activation_side:
@@ -270,13 +270,13 @@ def multiplied_embedding(
     no ``max_norm``: the module wrapper keeps those on plain autograd).
     """
     pad = -1 if padding_idx is None else padding_idx % weight.shape[0]
-    return _MultipliedEmbedding.apply(indices, weight, scalar, row, col, fixed, pad, scale_grad_by_freq, activation_side)
+    return _EmbeddingFn.apply(indices, weight, scalar, row, col, fixed, pad, scale_grad_by_freq, activation_side)
 
 
 # --------------------------------------------------------------------------- weight only
 
 
-class _MultipliedWeight(torch.autograd.Function):
+class _WeightFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, w: Tensor, s: Tensor | None, r: Tensor | None, c: Tensor | None, fixed: float, row_dim: int, col_dim: int, batch_dim: int | None) -> Tensor:  # type: ignore[override]
         ctx.save_for_backward(w, s, r, c)
@@ -309,4 +309,4 @@ def multiplied_weight(
     """
     if scalar is None and row is None and col is None and fixed == 1.0:
         return weight
-    return _MultipliedWeight.apply(weight, scalar, row, col, fixed, row_dim, col_dim, batch_dim)
+    return _WeightFn.apply(weight, scalar, row, col, fixed, row_dim, col_dim, batch_dim)
