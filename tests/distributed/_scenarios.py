@@ -131,7 +131,7 @@ def build(multipliers: str):
 
 
 def make_optimizer(mp, **kw) -> optimizers.Muon:
-    groups = mp.param_groups("muon", lr=0.02, weight_decay=0.1, adamw_lr=3e-3)
+    groups = mp.param_groups("muon", lr=0.02, weight_decay=0.1, lr_scale="spectral", adamw_lr=3e-3)
     return optimizers.Muon(groups, **kw)
 
 

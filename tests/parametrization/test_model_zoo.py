@@ -330,8 +330,9 @@ def test_linear_and_transposed_conv1d_get_the_same_update(lr_scale):
     for layer in (lin, conv):
         model = nn.Sequential(layer, copy.deepcopy(head))
         mp = P.parametrize(model, multipliers="none")
-        groups = mp.param_groups("muon", lr=0.1, weight_decay=0.0)
-        opt = Muon(groups, lr_scale=lr_scale)
+        groups = mp.param_groups("muon", lr=0.1, weight_decay=0.0, lr_scale=lr_scale, adamw_lr=1e-3)
+        assert {g["lr_scale"] for g in groups if g["algorithm"] == "muon"} == {lr_scale}
+        opt = Muon(groups)
         before = layer.weight.detach().clone()
         model(x).square().mean().backward()
         opt.step()
