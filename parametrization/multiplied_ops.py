@@ -103,19 +103,20 @@ class _LinearFn(torch.autograd.Function):
     def backward(ctx: Any, gy: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         xc, w, s, r, c = ctx.saved_tensors
         need_x, need_w, need_b, need_s, need_r, need_c = ctx.needs_input_grad[:6]
-        gy = gy.to(xc.dtype)
+        # One 2-D copy of the incoming gradient (it is often a non-contiguous view), used by
+        # every product below, instead of one reshape per product.
+        gy2 = gy.to(xc.dtype).reshape(-1, gy.shape[-1])
         dx = db = None
         if need_x:
             if ctx.activation_side:
                 scale = _row_scale(s, r, ctx.fixed)
-                g = gy * (scale.to(gy.dtype) if isinstance(scale, Tensor) else scale)
-                dx = g @ w.to(gy.dtype)
+                g = gy2 * (scale.to(gy2.dtype) if isinstance(scale, Tensor) else scale)
+                dx = g @ w.to(gy2.dtype)
                 if c is not None:
                     dx = dx * c.to(dx.dtype)
             else:
-                dx = gy @ effective_weight(w, s, r, c, fixed=ctx.fixed).to(gy.dtype)
-            dx = dx.to(ctx.x_dtype)
-        gy2 = gy.reshape(-1, gy.shape[-1])
+                dx = gy2 @ effective_weight(w, s, r, c, fixed=ctx.fixed).to(gy2.dtype)
+            dx = dx.view(*xc.shape[:-1], dx.shape[-1]).to(ctx.x_dtype)
         if need_b:
             db = gy2.sum(0).to(ctx.b_dtype)
         grads = (None,) * 4
