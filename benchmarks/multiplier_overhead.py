@@ -1,5 +1,5 @@
-"""Cost of learnable multipliers: training-step time of the reference GPT with vector multipliers
-against the plain model, measured in the same run, interleaved step by step.
+"""Cost of learnable multipliers: training-step time and saved-for-backward memory of the reference
+GPT with vector multipliers against the plain model, measured in the same run.
 
 Contenders (same weights, same batch — 16 sequences as ``reference_models.TrainConfig`` — the
 same optimizer ``optimizers.AdamW`` (torch's fused kernel) and the same ``mp.clip_grad_norm_`` in
@@ -9,7 +9,16 @@ every step; only the multipliers differ):
 * ``vector/auto``  ``parametrize(model, "vector")``, weight or activation side chosen per call;
 * ``vector/weight``      the same, forced to build ``W_eff`` (O(m·n) per call);
 * ``vector/activation``  the same, forced to scale activations (O(tokens·(m+n)) per call);
+* ``vector/unfused``     the weight side written with plain autograd ops through ``W_eff`` (what
+  the library did before the fused ops of ``parametrization.multiplied_ops``), for comparison;
 * forward only: ``fold()``-ed model vs plain model (the folded model *is* a plain model).
+
+Memory: bytes autograd keeps for backward after one forward (``torch.autograd.graph.
+saved_tensors_hooks``; distinct storages, parameters excluded), for the rows ``small`` 16×128,
+``medium`` 16×256, ``medium`` with d_model 1024 and 2 layers at 8×256, ``medium`` 8×128 on the
+activation side, and a width sweep (``--widths``, 2 layers, 8×256 tokens); goal: vector ÷ plain
+≤ 1.02. On CUDA (``--device cuda``) also ``torch.cuda.max_memory_allocated`` of a train step.
+The sweep also times train steps (plain, fused, unfused; interleaved, ``--sweep-steps``).
 
 Ratios reported: each step time ÷ ``plain`` (goal for ``vector/auto``: ≤ 1.05 on CPU) and
 folded forward ÷ plain forward (goal ≤ 1.02, i.e. no inference cost), as a ratio of medians (the
@@ -20,12 +29,14 @@ Usage::
 
     python -m benchmarks.multiplier_overhead --out results/multiplier_overhead.json
     python -m benchmarks.multiplier_overhead --quick     # seconds; used by the smoke test
+    python -m benchmarks.multiplier_overhead --widths 128 256 512 1024 --sweep-steps 5
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import platform
 import statistics
@@ -35,12 +46,24 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
 from rich.console import Console
 from rich.table import Table
 
 import optimizers
 import parametrization as P
+from parametrization.effective_weight import effective_weight, embedding_activation_side, linear_activation_side
+from parametrization.multipliers import is_multiplied, set_compute
 from reference_models import GPT, GPTConfig
+
+MEMORY_ROWS = (
+    # name, preset, overrides, batch, seq_len, compute
+    ("small 16x128", "small", {}, 16, 128, "auto"),
+    ("medium 16x256", "medium", {}, 16, 256, "auto"),
+    ("medium d1024 L2 8x256", "medium", {"d_model": 1024, "n_layer": 2, "n_head": 16}, 8, 256, "auto"),
+    ("medium 8x128 activation side", "medium", {}, 8, 128, "activation"),
+)
 
 
 def _time_interleaved(
@@ -65,6 +88,115 @@ def _time_interleaved(
             wall[name].append(time.perf_counter() - t0)
             cpu[name].append(time.process_time() - c0)
     return wall, cpu
+
+
+def _unfused_forward(module: nn.Module, compute: str, input: torch.Tensor) -> torch.Tensor:
+    """A multiplied Linear/Embedding computed with plain autograd ops (the pre-fused library)."""
+    params = module._parameters
+    w, s, r, c = params["weight"], params.get("weight_mult_scalar"), params.get("weight_mult_row"), params.get("weight_mult_col")
+    fixed = module._lrm_specs["weight"].fixed
+    if isinstance(module, nn.Embedding):
+        if compute == "activation":
+            return embedding_activation_side(F.embedding(input, w), input, s, r, c, fixed=fixed)
+        return F.embedding(input, effective_weight(w, s, r, c, fixed=fixed))
+    if compute == "activation":
+        return linear_activation_side(input, w, module.bias, s, r, c, fixed=fixed)
+    return F.linear(input, effective_weight(w, s, r, c, fixed=fixed), module.bias)
+
+
+def unfuse(model: nn.Module, compute: str = "weight") -> nn.Module:
+    """Make every multiplied Linear/Embedding of ``model`` run :func:`_unfused_forward` (in place)."""
+    for module in model.modules():
+        if is_multiplied(module) and isinstance(module, (nn.Linear, nn.Embedding)):
+            module.forward = functools.partial(_unfused_forward, module, compute)  # type: ignore[method-assign]
+    return model
+
+
+def saved_bytes(model: nn.Module, *args: Any) -> int:
+    """Bytes autograd keeps for backward after ``model(*args)``: distinct storages, not parameters."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in params:
+            seen[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = model(*args)
+    del loss
+    return sum(seen.values())
+
+
+def _contenders(config: GPTConfig, compute: str, device: str) -> dict[str, nn.Module]:
+    torch.manual_seed(0)
+    base = GPT(config).to(device)
+    models: dict[str, nn.Module] = {"plain": copy.deepcopy(base)}
+    P.parametrize(models["plain"], "none")
+    for name in ("vector", "vector/unfused"):
+        model = copy.deepcopy(base)
+        P.parametrize(model, "vector", compute=compute)
+        models[name] = unfuse(model, "activation" if compute == "activation" else "weight") if name.endswith("unfused") else model
+    return models
+
+
+def _batch(config: GPTConfig, batch: int, seq_len: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    idx = torch.randint(0, config.vocab_size, (batch, seq_len + 1), generator=g).to(device)
+    return idx[:, :-1], idx[:, 1:]
+
+
+def memory_row(name: str, config: GPTConfig, batch: int, seq_len: int, compute: str, device: str) -> dict[str, Any]:
+    """Saved-for-backward bytes (and CUDA peak memory of a train step) for plain, vector, unfused."""
+    models = _contenders(config, compute, device)
+    idx, targets = _batch(config, batch, seq_len, device)
+    row: dict[str, Any] = {"name": name, "d_model": config.d_model, "n_layer": config.n_layer, "tokens": batch * seq_len, "compute": compute}
+    for key, model in models.items():
+        row[f"saved_bytes/{key}"] = saved_bytes(model, idx, targets)
+        if device == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+            model(idx, targets).backward()
+            torch.cuda.synchronize()
+            row[f"cuda_peak_bytes/{key}"] = torch.cuda.max_memory_allocated() - base
+            model.zero_grad(set_to_none=True)
+    del models
+    row["saved_ratio"] = row["saved_bytes/vector"] / row["saved_bytes/plain"]
+    row["saved_ratio_unfused"] = row["saved_bytes/vector/unfused"] / row["saved_bytes/plain"]
+    row["meets_goal"] = row["saved_ratio"] <= 1.02
+    if device == "cuda":
+        row["cuda_peak_ratio"] = row["cuda_peak_bytes/vector"] / row["cuda_peak_bytes/plain"]
+    return row
+
+
+def sweep_times(config: GPTConfig, batch: int, seq_len: int, steps: int, warmup: int, device: str) -> dict[str, Any]:
+    """Interleaved train-step times of plain, vector (fused) and vector/unfused at one width."""
+    models = _contenders(config, "auto", device)
+    idx, targets = _batch(config, batch, seq_len, device)
+    fns = {}
+    for key, model in models.items():
+        opt = optimizers.AdamW([p for p in model.parameters()], lr=1e-3, weight_decay=0.1)
+        fns[key] = _bare_step(model, opt, idx, targets)
+    wall, cpu = _time_interleaved(fns, steps, warmup)
+    med = statistics.median
+    return {
+        "times_s": wall,
+        "ratio": med(wall["vector"]) / med(wall["plain"]),
+        "ratio_unfused": med(wall["vector/unfused"]) / med(wall["plain"]),
+        "cpu_time_ratio": med(cpu["vector"]) / med(cpu["plain"]),
+        "cpu_time_ratio_unfused": med(cpu["vector/unfused"]) / med(cpu["plain"]),
+    }
+
+
+def _bare_step(model: nn.Module, opt: torch.optim.Optimizer, idx: torch.Tensor, targets: torch.Tensor) -> Callable[[], None]:
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        model(idx, targets).backward()
+        opt.step()
+
+    return step
 
 
 def _train_step(model: GPT, mp: P.Parametrization, opt: torch.optim.Optimizer, idx: torch.Tensor, targets: torch.Tensor) -> Callable[[], None]:
@@ -94,12 +226,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--forward-steps", type=int, default=30, help="timed forwards per contender")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    ap.add_argument("--widths", type=int, nargs="*", default=[128, 256, 512, 1024], help="d_model of the sweep (2 layers)")
+    ap.add_argument("--sweep-batch", type=int, default=8, help="sequences per step in the sweep")
+    ap.add_argument("--sweep-seq", type=int, default=256, help="sequence length in the sweep")
+    ap.add_argument("--sweep-steps", type=int, default=5, help="timed train steps per contender and width (0: memory only)")
+    ap.add_argument("--no-memory-rows", action="store_true", help="skip the fixed memory rows (small/medium/...)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (cuda adds max_memory_allocated)")
     ap.add_argument("--quick", action="store_true", help="tiny preset, batch 2, few steps (smoke test)")
     ap.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = ap.parse_args(argv)
     if args.quick:
         args.preset, args.batch, args.steps, args.forward_steps, args.warmup = "tiny", 2, 2, 2, 1
-    for name in ("batch", "steps", "forward_steps"):
+        args.widths, args.sweep_batch, args.sweep_seq, args.sweep_steps, args.no_memory_rows = [32, 64], 2, 32, 1, True
+    if args.sweep_steps < 0:
+        raise SystemExit(f"--sweep-steps must be >= 0, got {args.sweep_steps}")
+    for name in ("batch", "steps", "forward_steps", "sweep_batch", "sweep_seq"):
         if getattr(args, name) < 1:
             raise SystemExit(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.warmup < 0:
@@ -124,9 +265,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ("vector/auto", "vector", "auto"),
         ("vector/weight", "vector", "weight"),
         ("vector/activation", "vector", "activation"),
+        ("vector/unfused", "vector", "weight"),
     ):
         model = copy.deepcopy(base)
         mp = P.parametrize(model, placement, compute=compute)
+        if name == "vector/unfused":
+            unfuse(model)
         opt = optimizers.AdamW(mp.param_groups("adamw", lr=1e-3, weight_decay=0.1))
         models[name] = (model, mp)
         steps[name] = _train_step(model, mp, opt, idx, targets)
@@ -149,7 +293,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     med = statistics.median
     plain_step = med(step_times["plain"])
     rows = []
-    for name in ("vector/auto", "vector/weight", "vector/activation"):
+    for name in ("vector/auto", "vector/weight", "vector/activation", "vector/unfused"):
         rows.append(dict(name=f"train step {name}", ours_s=med(step_times[name]), peer="plain", peer_s=plain_step,
                          goal=1.05 if name == "vector/auto" else None))
     plain_fwd = med(fwd_times["plain"])
@@ -167,6 +311,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         r["ratio_of_minima"] = ours_min / peer_min
         ours_cpu, peer_cpu = cpu_medians[r["name"]]
         r["cpu_time_ratio"] = ours_cpu / peer_cpu
+    memory = []
+    if not args.no_memory_rows:
+        for name, preset, overrides, batch, seq_len, compute in MEMORY_ROWS:
+            memory.append(memory_row(name, GPTConfig.preset(preset, **overrides), batch, seq_len, compute, args.device))
+    sweep = []
+    for d in args.widths:
+        cfg = GPTConfig.preset("medium", d_model=d, n_layer=2, n_head=max(2, d // 64), seq_len=max(256, args.sweep_seq))
+        row = memory_row(f"sweep d={d}", cfg, args.sweep_batch, args.sweep_seq, "auto", args.device)
+        if args.sweep_steps:
+            row.update({f"time_{k}": v for k, v in sweep_times(cfg, args.sweep_batch, args.sweep_seq, args.sweep_steps, min(args.warmup, 1), args.device).items()})
+        sweep.append(row)
     n_params = sum(p.numel() for p in base.parameters())
     n_mult = sum(p.numel() for p in vector_mp.multiplier_parameters())
     return {
@@ -178,6 +333,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "multiplier_parameters": n_mult,
         "fold_max_relative_error": fold_error,
         "rows": rows,
+        "memory_rows": memory,
+        "sweep_rows": sweep,
         "raw_times_s": {"train_step": step_times, "forward": fwd_times},
         "raw_cpu_times_s": {"train_step": step_cpu, "forward": fwd_cpu},
     }
@@ -197,6 +354,18 @@ def render(result: dict[str, Any], console: Console) -> None:
         table.add_row(r["name"], f"{r['ours_s'] * 1e3:.2f} ms", r["peer"], f"{r['peer_s'] * 1e3:.2f} ms", f"{r['ratio']:.3f}", f"{r['ratio_of_minima']:.3f}", f"{r['cpu_time_ratio']:.3f}", goal, ok)
     console.print(table)
     console.print(f"fold max relative error: {result['fold_max_relative_error']:.2e}")
+    mem = Table(title="Saved-for-backward memory (MB, parameters excluded) and sweep step-time ratios (÷ plain)")
+    for col in ("row", "tokens", "plain", "vector", "ratio", "unfused", "unfused ratio", "goal ≤ 1.02", "CUDA peak ratio",
+                "time ratio", "time ratio unfused", "CPU-time ratio", "CPU-time ratio unfused"):
+        mem.add_column(col, justify="left" if col == "row" else "right")
+    for r in result["memory_rows"] + result["sweep_rows"]:
+        mb = lambda k: f"{r[k] / 1e6:.1f}"  # noqa: E731
+        fmt = lambda k: f"{r[k]:.3f}" if k in r else "-"  # noqa: E731
+        mem.add_row(r["name"], str(r["tokens"]), mb("saved_bytes/plain"), mb("saved_bytes/vector"), f"{r['saved_ratio']:.3f}",
+                    mb("saved_bytes/vector/unfused"), f"{r['saved_ratio_unfused']:.3f}", "yes" if r["meets_goal"] else "NO",
+                    fmt("cuda_peak_ratio"), fmt("time_ratio"), fmt("time_ratio_unfused"), fmt("time_cpu_time_ratio"),
+                    fmt("time_cpu_time_ratio_unfused"))
+    console.print(mem)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

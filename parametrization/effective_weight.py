@@ -23,11 +23,14 @@ Two ways to compute the same layer output, with different costs per call:
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
     "effective_weight",
+    "effective_weight_grads",
+    "check_multipliers",
     "linear_activation_side",
     "embedding_activation_side",
     "prefers_activation_side",
@@ -86,8 +89,8 @@ def effective_weight(
         row = _absorb(row, scalar, fixed)
     elif col is not None:
         col = _absorb(col, scalar, fixed)
-    # Plain autograd: a custom autograd.Function with the eq. 4 backward was measured slower on
-    # the reference GPT (its Python overhead per call outweighs the saved element-wise passes).
+    # Plain tensor ops, so this is differentiable as it stands; the layers use it inside the fused
+    # ops of ``multiplied_ops`` (which recompute it in backward instead of saving it).
     out = weight
     if row is not None:
         out = out * _along(row, row_dim % ndim, ndim, bdim)
@@ -99,6 +102,118 @@ def effective_weight(
         if fixed != 1.0:
             out = out * fixed
     return out
+
+
+def effective_weight_grads(
+    weight: Tensor,
+    grad: Tensor,
+    scalar: Tensor | None = None,
+    row: Tensor | None = None,
+    col: Tensor | None = None,
+    *,
+    row_dim: int = 0,
+    col_dim: int = 1,
+    batch_dim: int | None = None,
+    fixed: float = 1.0,
+    needs: tuple[bool, bool, bool, bool] = (True, True, True, True),
+) -> tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None]:
+    """Gradients of a loss through ``W_eff = f·s·diag(r)·W·diag(c)`` (paper eq. 4).
+
+    Given ``G = ∂L/∂W_eff`` (``grad``, shaped like ``weight``), with ``P = W ⊙ G``::
+
+        ∂L/∂W = f·s·(r cᵀ) ⊙ G          (the same map as W → W_eff, applied to G)
+        ∂L/∂r = f·s·P c                  (sum over every axis but the row axis)
+        ∂L/∂c = f·s·Pᵀ r                 (sum over every axis but the column axis)
+        ∂L/∂s = f·rᵀ P c                 (one number per matrix)
+
+    Absent multipliers count as 1 and get no gradient. Kernel axes (conv) are summed like
+    columns; with ``batch_dim`` set every stacked matrix gets its own ``s``, ``r``, ``c`` and the
+    sums stay per matrix. ``needs`` says which of ``(∂W, ∂s, ∂r, ∂c)`` to compute (``None`` for
+    the others). The only weight-sized temporaries are ``∂W`` itself and ``P``; the sums are
+    ``einsum`` contractions, which make no further weight-sized tensor.
+
+    Returns ``(∂W, ∂s, ∂r, ∂c)`` in the shapes of ``weight``, ``scalar``, ``row``, ``col``.
+    """
+    need_w, need_s, need_r, need_c = needs
+    need_s, need_r, need_c = need_s and scalar is not None, need_r and row is not None, need_c and col is not None
+    ndim = weight.ndim
+    rd, cd = row_dim % ndim, col_dim % ndim
+    bdim = None if batch_dim is None else batch_dim % ndim
+    gw = effective_weight(grad, scalar, row, col, row_dim=rd, col_dim=cd, batch_dim=bdim, fixed=fixed) if need_w else None
+    if not (need_s or need_r or need_c):
+        return gw, None, None, None
+    letters = "abcdefghijklmnop"[:ndim]
+    b = "" if bdim is None else letters[bdim]
+    w_sub, r_sub, c_sub = letters, b + letters[rd], b + letters[cd]
+    p = weight * grad
+    # fs: f·s as a tensor that broadcasts against one vector per matrix ([m] or [E, m]).
+    fs: Tensor | float = fixed
+    if scalar is not None:
+        fs = scalar.reshape(()) * fixed if bdim is None else scalar.reshape(-1, 1) * fixed
+    gs = gr = gc = None
+    u = None
+    if need_r or (need_s and row is not None):
+        # u = P c (or P summed over the non-row axes when there is no c)
+        u = torch.einsum(f"{w_sub},{c_sub}->{r_sub}", p, col) if col is not None else torch.einsum(f"{w_sub}->{r_sub}", p)
+        if need_r:
+            gr = fs * u
+    if need_c:
+        v = torch.einsum(f"{w_sub},{r_sub}->{c_sub}", p, row) if row is not None else torch.einsum(f"{w_sub}->{c_sub}", p)
+        gc = fs * v
+    if need_s:
+        if u is not None:
+            total = torch.einsum(f"{r_sub},{r_sub}->{b}", row, u)
+        elif col is not None:
+            total = torch.einsum(f"{w_sub},{c_sub}->{b}", p, col)
+        else:
+            total = torch.einsum(f"{w_sub}->{b}", p)
+        gs = (total * fixed).reshape(scalar.shape)  # type: ignore[union-attr]
+    return gw, gs, gr, gc
+
+
+def check_multipliers(
+    weight: Tensor,
+    scalar: Tensor | None,
+    row: Tensor | None,
+    col: Tensor | None,
+    *,
+    row_dim: int = 0,
+    col_dim: int = 1,
+    batch_dim: int | None = None,
+    where: str = "layer",
+) -> None:
+    """Raise unless ``s``, ``r``, ``c`` have the shapes, dtype and device ``weight`` needs.
+
+    Broadcasting would otherwise turn a wrong shape (say ``r`` of shape ``(1,)``) into a wrong
+    result without an error, and a wrong dtype into a silently promoted ``W_eff``.
+    Shapes: ``s`` ``(1,)`` or ``()``, ``r`` ``(m,)``, ``c`` ``(n,)``; with a batch axis of size
+    ``E``: ``(E,)``, ``(E, m)``, ``(E, n)``.
+    """
+    ndim = weight.ndim
+    m, n = weight.shape[row_dim % ndim], weight.shape[col_dim % ndim]
+    lead: tuple[int, ...] = () if batch_dim is None else (weight.shape[batch_dim % ndim],)
+    expected = {"scalar": (lead or (1,), (scalar, "s")), "row": (lead + (m,), (row, "r")), "col": (lead + (n,), (col, "c"))}
+    for name, (shape, (t, letter)) in expected.items():
+        if t is None:
+            continue
+        ok_shape = tuple(t.shape) == shape or (name == "scalar" and batch_dim is None and t.numel() == 1 and t.ndim <= 1)
+        if not ok_shape:
+            raise ValueError(
+                f"{where}: the {name} multiplier {letter} has shape {tuple(t.shape)}, but a weight of shape "
+                f"{tuple(weight.shape)} (rows on axis {row_dim}, columns on axis {col_dim}"
+                f"{'' if batch_dim is None else f', matrices on axis {batch_dim}'}) needs {shape}; "
+                f"re-create it with torch.ones({shape}) or parametrize the layer again"
+            )
+        if t.dtype != weight.dtype:
+            raise TypeError(
+                f"{where}: the {name} multiplier {letter} is {t.dtype} but the weight is {weight.dtype}; "
+                f"convert the module as a whole (module.to({weight.dtype})) so both have one dtype"
+            )
+        if t.device != weight.device:
+            raise ValueError(
+                f"{where}: the {name} multiplier {letter} is on {t.device} but the weight is on {weight.device}; "
+                f"move the module as a whole (module.to(device)) so both are on one device"
+            )
 
 
 def _absorb(v: Tensor, scalar: Tensor | None, fixed: float) -> Tensor:

@@ -20,11 +20,14 @@ returns ``W_eff = f·s·diag(r)·W·diag(c)``, computed by
 * :func:`fold_module` multiplies each ``W`` in place by its multipliers and restores the
   original class; ``copy.deepcopy`` and ``pickle`` rebuild the dynamic class.
 
-Exact ``nn.Linear`` and ``nn.Embedding`` modules whose only multiplied parameter is ``weight``
-also get a ``forward`` that chooses, per call, between the weight side (build ``W_eff``) and the
-activation side (scale inputs/outputs), by
-:func:`~parametrization.effective_weight.prefers_activation_side`; every other module keeps its
-own ``forward`` and reads ``self.<param>`` (weight side).
+Exact ``nn.Linear``, Hugging Face ``Conv1D``, ``nn.Conv*``/``nn.ConvTranspose*`` and
+``nn.Embedding`` modules whose only multiplied parameter is ``weight`` also get a ``forward``
+that runs one fused op of :mod:`parametrization.multiplied_ops` (autograd keeps only what the
+plain layer keeps, plus the 1-D multipliers); Linear, Conv1D and Embedding choose per call
+between the weight side (build ``W_eff``) and the activation side (scale inputs/outputs), by
+:func:`~parametrization.effective_weight.prefers_activation_side`. Every other module keeps its
+own ``forward`` and reads ``self.<param>``, a memory-lean ``W_eff`` (no intermediate saved).
+Multipliers of the wrong shape, dtype or device raise at the first forward.
 
 Caveat: after attaching, ``module.<param>`` is a computed tensor. Re-initialize the raw weight
 through :func:`raw_weight` (or before parametrizing); in-place init on ``module.weight`` would
@@ -41,12 +44,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from .effective_weight import (
-    effective_weight,
-    embedding_activation_side,
-    linear_activation_side,
-    prefers_activation_side,
-)
+from .effective_weight import check_multipliers, prefers_activation_side
+from .multiplied_ops import multiplied_conv, multiplied_embedding, multiplied_linear, multiplied_weight
 from .placement import Placement
 from .roles import WeightLayout
 
@@ -122,7 +121,8 @@ class _Multiplied:
     def _lrm_effective_weight(self, param: str = "weight") -> Tensor:
         w, s, r, c = self._lrm_tensors(param)
         spec = self._lrm_specs[param]
-        return effective_weight(
+        # Memory-lean: autograd keeps W, s, r, c for backward, not the intermediate r·W.
+        return multiplied_weight(
             w, s, r, c, row_dim=spec.row_dim, col_dim=spec.col_dim, batch_dim=spec.batch_dim, fixed=spec.fixed
         )
 
@@ -167,35 +167,123 @@ def _effective_property(param: str) -> property:
         # FSDP2 runs forward on plain unsharded tensors, where this is W_eff again.
         if _is_dtensor(w):
             return w
+        _check(self, param, *self._lrm_tensors(param))
         return self._lrm_effective_weight(param)
 
     return property(fget, doc=f"``W_eff = f·s·diag(r)·W·diag(c)`` of ``{param}`` (raw ``W``: ``_parameters[{param!r}]``).")
 
 
+def _check(module: _Multiplied, param: str, w: Tensor, s: Tensor | None, r: Tensor | None, c: Tensor | None) -> None:
+    spec = module._lrm_specs[param]
+    check_multipliers(
+        w, s, r, c, row_dim=spec.row_dim, col_dim=spec.col_dim, batch_dim=spec.batch_dim,
+        where=f"{_original_class(type(module)).__name__}.{param}",
+    )
+
+
 class _MultipliedLinear(_Multiplied):
+    """``nn.Linear`` and Hugging Face ``Conv1D`` (weight stored ``(in, out)``): one fused op."""
+
     def forward(self, input: Tensor) -> Tensor:
         w, s, r, c = self._lrm_tensors()
+        _check(self, "weight", w, s, r, c)
+        if self._lrm_row_dim == 1:  # stored (in, out): the op takes the (out, in) view
+            w = w.T
         m, n = w.shape
         mode = self._lrm_compute
-        if mode == "activation" or (mode == "auto" and prefers_activation_side(input.numel() // n, m, n)):
-            return linear_activation_side(input, w, self.bias, s, r, c, fixed=self._lrm_fixed)  # type: ignore[attr-defined]
-        return F.linear(input, self._lrm_effective_weight(), self.bias)  # type: ignore[attr-defined]
+        activation = mode == "activation" or (mode == "auto" and prefers_activation_side(input.numel() // n, m, n))
+        return multiplied_linear(input, w, self.bias, s, r, c, fixed=self._lrm_fixed, activation_side=activation)  # type: ignore[attr-defined]
+
+
+class _MultipliedConv(_Multiplied):
+    """``nn.Conv1d/2d/3d`` and ``nn.ConvTranspose1d/2d/3d``: one fused op, same arguments."""
+
+    def forward(self, input: Tensor, output_size: list[int] | None = None) -> Tensor:
+        w, s, r, c = self._lrm_tensors()
+        _check(self, "weight", w, s, r, c)
+        spatial = w.ndim - 2
+        unbatched = input.ndim == spatial + 1
+        if unbatched:
+            input = input.unsqueeze(0)
+        padding = self.padding  # type: ignore[attr-defined]
+        if self.transposed:  # type: ignore[attr-defined]
+            if self.padding_mode != "zeros":  # type: ignore[attr-defined]
+                raise ValueError(f"Only 'zeros' padding mode is supported for {type(self).__name__}")
+            output_padding = self._output_padding(  # type: ignore[attr-defined]
+                input, output_size, self.stride, self.padding, self.kernel_size, spatial, self.dilation  # type: ignore[attr-defined]
+            )
+        else:
+            output_padding = [0] * spatial
+            if self.padding_mode != "zeros":  # type: ignore[attr-defined]
+                input = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)  # type: ignore[attr-defined]
+                padding = (0,) * spatial
+            elif isinstance(padding, str):
+                input, padding = _resolve_string_padding(input, padding, self.dilation, self.kernel_size)  # type: ignore[attr-defined]
+        y = multiplied_conv(
+            input, w, self.bias, s, r, c, fixed=self._lrm_fixed, row_dim=self._lrm_row_dim, col_dim=self._lrm_col_dim,  # type: ignore[attr-defined]
+            stride=self.stride, padding=padding, dilation=self.dilation, transposed=self.transposed,  # type: ignore[attr-defined]
+            output_padding=output_padding, groups=self.groups,  # type: ignore[attr-defined]
+        )
+        return y.squeeze(0) if unbatched else y
+
+
+def _resolve_string_padding(input: Tensor, padding: str, dilation: tuple[int, ...], kernel: tuple[int, ...]) -> tuple[Tensor, tuple[int, ...]]:
+    """``"valid"``/``"same"`` as integer padding, as torch's convolution does (stride 1 for "same").
+
+    "same" pads ``d·(k−1)`` per axis, half on each side; an odd total puts the extra element on
+    the right, by padding the input once.
+    """
+    if padding == "valid":
+        return input, (0,) * len(kernel)
+    total = [d * (k - 1) for d, k in zip(dilation, kernel)]
+    left = tuple(t // 2 for t in total)
+    extra = [t - 2 * lo for t, lo in zip(total, left)]
+    if any(extra):
+        pad: list[int] = []
+        for e in reversed(extra):  # F.pad lists the last axis first
+            pad += [0, e]
+        input = F.pad(input, pad)
+    return input, left
 
 
 class _MultipliedEmbedding(_Multiplied):
     def forward(self, input: Tensor) -> Tensor:
         w, s, r, c = self._lrm_tensors()
+        _check(self, "weight", w, s, r, c)
+        if self.max_norm is not None or self.sparse:  # type: ignore[attr-defined]
+            # max_norm renormalizes rows of the looked-up table in place and sparse wants a
+            # sparse gradient of W_eff: both stay on plain autograd through W_eff.
+            return F.embedding(
+                input, self._lrm_effective_weight(), self.padding_idx, self.max_norm, self.norm_type, self.scale_grad_by_freq, self.sparse  # type: ignore[attr-defined]
+            )
         mode = self._lrm_compute
-        # Activation side costs O(tokens·d), weight side O(vocab·d). max_norm renormalizes rows
-        # of the stored weight in place; padding_idx and scale_grad_by_freq reshape the gradient
-        # of rows of W_eff (and so of r and c): those keep the weight side.
-        plain_lookup = self.max_norm is None and self.padding_idx is None and not self.scale_grad_by_freq  # type: ignore[attr-defined]
-        if plain_lookup and (mode == "activation" or (mode == "auto" and input.numel() <= w.shape[0])):
-            y = F.embedding(input, w, sparse=self.sparse)  # type: ignore[attr-defined]
-            return embedding_activation_side(y, input, s, r, c, fixed=self._lrm_fixed)
-        return F.embedding(
-            input, self._lrm_effective_weight(), self.padding_idx, self.max_norm, self.norm_type, self.scale_grad_by_freq, self.sparse  # type: ignore[attr-defined]
+        # Activation side costs O(tokens·d), weight side O(vocab·d).
+        activation = mode == "activation" or (mode == "auto" and input.numel() <= w.shape[0])
+        return multiplied_embedding(
+            input, w, s, r, c, fixed=self._lrm_fixed, padding_idx=self.padding_idx,  # type: ignore[attr-defined]
+            scale_grad_by_freq=self.scale_grad_by_freq, activation_side=activation,  # type: ignore[attr-defined]
         )
+
+
+_HF_CONV1D = "transformers.pytorch_utils.Conv1D"
+_CONV_CLASSES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+
+
+def _forward_mixin(cls: type, params: tuple[str, ...]) -> type:
+    """The mixin whose forward runs a fused op for ``cls``, or the bare marker mixin.
+
+    Only exact classes get a fused forward: a subclass may have its own forward, which reads
+    ``self.weight`` (the memory-lean :func:`~parametrization.multiplied_ops.multiplied_weight`).
+    """
+    if params != ("weight",):
+        return _Multiplied
+    if cls is nn.Linear or f"{cls.__module__}.{cls.__qualname__}" == _HF_CONV1D:
+        return _MultipliedLinear
+    if cls in _CONV_CLASSES:
+        return _MultipliedConv
+    if cls is nn.Embedding:
+        return _MultipliedEmbedding
+    return _Multiplied
 
 
 _CLASS_CACHE: dict[tuple[type, tuple[str, ...]], type] = {}
@@ -205,12 +293,7 @@ def _multiplied_class(cls: type, params: tuple[str, ...]) -> type:
     """The dynamic subclass of ``cls`` with an effective-weight property per name in ``params``."""
     key = (cls, tuple(sorted(params)))
     if key not in _CLASS_CACHE:
-        if cls is nn.Linear and key[1] == ("weight",):
-            mixin: type = _MultipliedLinear
-        elif cls is nn.Embedding and key[1] == ("weight",):
-            mixin = _MultipliedEmbedding
-        else:
-            mixin = _Multiplied
+        mixin = _forward_mixin(cls, key[1])
         props = {name: _effective_property(name) for name in key[1]}
         new = type(f"Multiplied{cls.__name__}", (mixin, cls), {"__module__": __name__, **props})
         _CLASS_CACHE[key] = new
@@ -328,8 +411,8 @@ def set_compute(module: nn.Module, compute: Compute) -> None:
     """Force where a multiplied ``nn.Linear``/``nn.Embedding`` applies its multipliers.
 
     ``"auto"`` (default) picks the cheaper side per call; ``"weight"`` builds ``W_eff``;
-    ``"activation"`` scales inputs and outputs (an embedding with ``max_norm``, ``padding_idx``
-    or ``scale_grad_by_freq`` always uses the weight side). Used by the overhead benchmark.
+    ``"activation"`` scales inputs and outputs (an embedding with ``max_norm`` or ``sparse``
+    always uses the weight side; convolutions always do). Used by the overhead benchmark.
     """
     if not is_multiplied(module):
         raise ValueError(f"{type(module).__name__} carries no multipliers")

@@ -19,7 +19,7 @@ def test_quick_run_writes_json_with_every_ratio(tmp_path: Path) -> None:
     names = [r["name"] for r in saved["rows"]]
     assert names == [
         "train step vector/auto", "train step vector/weight", "train step vector/activation",
-        "forward folded", "forward vector/auto",
+        "train step vector/unfused", "forward folded", "forward vector/auto",
     ]
     for row in saved["rows"]:
         assert row["ours_s"] > 0 and row["peer_s"] > 0
@@ -28,8 +28,17 @@ def test_quick_run_writes_json_with_every_ratio(tmp_path: Path) -> None:
     assert saved["fold_max_relative_error"] < 1e-5
     assert 0 < saved["multiplier_parameters"] < 0.05 * saved["parameters"]
     assert len(saved["raw_times_s"]["train_step"]["plain"]) == saved["config"]["steps"]
+    assert [r["d_model"] for r in saved["sweep_rows"]] == saved["config"]["widths"]
+    for row in saved["sweep_rows"]:
+        # Memory is deterministic: the fused ops keep exactly what the plain model keeps, while the
+        # unfused weight side keeps a copy of W_eff (and r·W) per layer.
+        assert row["saved_bytes/vector"] == row["saved_bytes/plain"] < row["saved_bytes/vector/unfused"]
+        assert row["saved_ratio"] == 1.0 and row["meets_goal"]
+        assert row["time_ratio"] > 0 and len(row["time_times_s"]["vector"]) == saved["config"]["sweep_steps"]
 
 
 def test_bad_arguments_exit() -> None:
     with pytest.raises(SystemExit):
         multiplier_overhead.parse_args(["--steps", "0"])
+    with pytest.raises(SystemExit):
+        multiplier_overhead.parse_args(["--sweep-steps", "-1"])

@@ -1,0 +1,224 @@
+"""The fused multiplier ops: exact gradients (gradcheck), plain-layer equality, and what they save."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from parametrization.effective_weight import effective_weight, effective_weight_grads
+from parametrization.multiplied_ops import multiplied_conv, multiplied_embedding, multiplied_linear, multiplied_weight
+
+SUBSETS = [tuple(k in letters for k in "src") for letters in ("src", "rc", "sc", "sr", "s", "r", "c", "")]
+
+
+def _mults(rows: int, cols: int, present: tuple[bool, bool, bool], g: torch.Generator, batch: tuple[int, ...] = ()):
+    s, r, c = (
+        torch.rand(*batch, k, generator=g, dtype=torch.float64).add(0.5).requires_grad_() if want else None
+        for want, k in zip(present, (1 if not batch else None, rows, cols))
+    ) if not batch else (
+        torch.rand(batch[0], generator=g, dtype=torch.float64).add(0.5).requires_grad_() if present[0] else None,
+        torch.rand(batch[0], rows, generator=g, dtype=torch.float64).add(0.5).requires_grad_() if present[1] else None,
+        torch.rand(batch[0], cols, generator=g, dtype=torch.float64).add(0.5).requires_grad_() if present[2] else None,
+    )
+    return s, r, c
+
+
+def _inputs(*tensors):
+    return tuple(t for t in tensors if t is not None)
+
+
+@pytest.mark.parametrize("present", SUBSETS, ids=lambda p: "".join(k for k, w in zip("src", p) if w) or "none")
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("activation_side", [False, True])
+def test_linear_gradcheck_every_input(present, bias, activation_side):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(5, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(5, generator=g, dtype=torch.float64, requires_grad=True) if bias else None
+    s, r, c = _mults(5, 4, present, g)
+
+    def fn(x, w, *rest):
+        it = iter(rest)
+        b_, s_, r_, c_ = (next(it) if t is not None else None for t in (b, s, r, c))
+        return multiplied_linear(x, w, b_, s_, r_, c_, fixed=0.75, activation_side=activation_side)
+
+    assert torch.autograd.gradcheck(fn, (x, w, *_inputs(b, s, r, c)))
+
+
+@pytest.mark.parametrize("present", SUBSETS, ids=lambda p: "".join(k for k, w in zip("src", p) if w) or "none")
+@pytest.mark.parametrize("activation_side", [False, True])
+def test_linear_equals_plain_linear_on_effective_weight(present, activation_side):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(7, 4, generator=g, dtype=torch.float64)
+    w, b = torch.randn(5, 4, generator=g, dtype=torch.float64), torch.randn(5, generator=g, dtype=torch.float64)
+    s, r, c = _mults(5, 4, present, g)
+    for fixed in (1.0, 0.25):
+        got = multiplied_linear(x, w, b, s, r, c, fixed=fixed, activation_side=activation_side)
+        torch.testing.assert_close(got, F.linear(x, effective_weight(w, s, r, c, fixed=fixed), b))
+
+
+@pytest.mark.parametrize("present", SUBSETS[:1] + SUBSETS[-1:] + SUBSETS[5:6], ids=["src", "none", "r"])
+@pytest.mark.parametrize(
+    "kind", ["conv1d", "conv2d", "conv3d", "conv2d_groups", "conv_transpose2d", "conv_transpose1d_groups"]
+)
+def test_conv_gradcheck_every_input(present, kind):
+    g = torch.Generator().manual_seed(2)
+    dims = {"conv1d": 1, "conv2d": 2, "conv3d": 3, "conv2d_groups": 2, "conv_transpose2d": 2, "conv_transpose1d_groups": 1}[kind]
+    groups = 2 if "groups" in kind else 1
+    transposed = "transpose" in kind
+    cin, cout = 4, 6
+    # Conv weight [out, in/groups, *k]; transposed conv weight [in, out/groups, *k].
+    wshape = (cin, cout // groups) if transposed else (cout, cin // groups)
+    row_dim, col_dim = (1, 0) if transposed else (0, 1)
+    w = torch.randn(*wshape, *([2] * dims), generator=g, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(2, cin, *([3] * dims), generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(cout, generator=g, dtype=torch.float64, requires_grad=True)
+    s, r, c = _mults(w.shape[row_dim], w.shape[col_dim], present, g)
+    kw = dict(stride=(2,) * dims if not transposed else (1,) * dims, padding=(1,) * dims, dilation=(1,) * dims,
+              transposed=transposed, output_padding=(0,) * dims, groups=groups, row_dim=row_dim, col_dim=col_dim)
+
+    def fn(x, w, b, *rest):
+        it = iter(rest)
+        s_, r_, c_ = (next(it) if t is not None else None for t in (s, r, c))
+        return multiplied_conv(x, w, b, s_, r_, c_, fixed=0.5, **kw)
+
+    assert torch.autograd.gradcheck(fn, (x, w, b, *_inputs(s, r, c)), fast_mode=True)  # full mode: minutes for the 3-D case
+    plain = torch.convolution(x, effective_weight(w, s, r, c, row_dim=row_dim, col_dim=col_dim, fixed=0.5), b,
+                              kw["stride"], kw["padding"], kw["dilation"], transposed, kw["output_padding"], groups)
+    torch.testing.assert_close(fn(x, w, b, *_inputs(s, r, c)), plain)
+
+
+@pytest.mark.parametrize(
+    "present,padding_idx,freq",
+    [(p, None, False) for p in SUBSETS] + [(SUBSETS[0], 2, False), (SUBSETS[0], None, True), (SUBSETS[5], 2, True)],
+)
+@pytest.mark.parametrize("activation_side", [False, True])
+def test_embedding_gradcheck_and_equality(present, activation_side, padding_idx, freq):
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(6, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    idx = torch.tensor([[0, 2, 5, 2], [1, 1, 3, 4]])
+    s, r, c = _mults(6, 3, present, g)
+
+    def fn(w, *rest):
+        it = iter(rest)
+        s_, r_, c_ = (next(it) if t is not None else None for t in (s, r, c))
+        return multiplied_embedding(idx, w, s_, r_, c_, fixed=0.5, padding_idx=padding_idx, scale_grad_by_freq=freq,
+                                    activation_side=activation_side)
+
+    if padding_idx is None and not freq:  # those two change the gradient on purpose: not a Jacobian
+        assert torch.autograd.gradcheck(fn, (w, *_inputs(s, r, c)))
+    # Gradients equal those of the plain embedding of W_eff (padding row and frequency scaling included).
+    ins = (w, *_inputs(s, r, c))
+    got = torch.autograd.grad(fn(*ins).square().sum(), ins)
+    ref_out = F.embedding(idx, effective_weight(w, s, r, c, fixed=0.5), padding_idx=padding_idx, scale_grad_by_freq=freq)
+    ref = torch.autograd.grad(ref_out.square().sum(), ins)
+    torch.testing.assert_close(fn(*ins), ref_out)
+    for a, e in zip(got, ref):
+        torch.testing.assert_close(a, e)
+
+
+@pytest.mark.parametrize("present", SUBSETS, ids=lambda p: "".join(k for k, w in zip("src", p) if w) or "none")
+@pytest.mark.parametrize("layout", [(1, 2, 0), (2, 1, 0), (0, 1, None), (1, 0, None)], ids=["batch_out_in", "batch_in_out", "out_in", "in_out"])
+def test_weight_gradcheck_stacked_and_plain(present, layout):
+    row_dim, col_dim, batch_dim = layout
+    g = torch.Generator().manual_seed(4)
+    shape = [3, 4, 5] if batch_dim is not None else [4, 5]
+    w = torch.randn(*shape, generator=g, dtype=torch.float64, requires_grad=True)
+    s, r, c = _mults(shape[row_dim], shape[col_dim], present, g, batch=(3,) if batch_dim is not None else ())
+
+    def fn(w, *rest):
+        it = iter(rest)
+        s_, r_, c_ = (next(it) if t is not None else None for t in (s, r, c))
+        return multiplied_weight(w, s_, r_, c_, fixed=0.5, row_dim=row_dim, col_dim=col_dim, batch_dim=batch_dim)
+
+    assert torch.autograd.gradcheck(fn, (w, *_inputs(s, r, c)))
+    torch.testing.assert_close(
+        fn(w, *_inputs(s, r, c)), effective_weight(w, s, r, c, fixed=0.5, row_dim=row_dim, col_dim=col_dim, batch_dim=batch_dim)
+    )
+
+
+def test_eq4_grads_match_autograd_of_the_formula_on_a_conv_kernel():
+    g = torch.Generator().manual_seed(5)
+    w = torch.randn(3, 4, 2, 2, generator=g, dtype=torch.float64, requires_grad=True)
+    s, r, c = _mults(3, 4, (True, True, True), g)
+    grad = torch.randn(3, 4, 2, 2, generator=g, dtype=torch.float64)
+    expected = torch.autograd.grad(effective_weight(w, s, r, c, fixed=0.3), (w, s, r, c), grad)
+    got = effective_weight_grads(w.detach(), grad, s.detach(), r.detach(), c.detach(), fixed=0.3)
+    for a, e in zip(got, expected):
+        torch.testing.assert_close(a, e)
+
+
+class _Saved:
+    """Bytes autograd saves for backward that are not parameters (distinct storages)."""
+
+    def __init__(self, exclude: list[torch.Tensor]):
+        self.skip = {t.untyped_storage().data_ptr() for t in exclude}
+        self.seen: dict[int, int] = {}
+
+    def __enter__(self):
+        def pack(t):
+            ptr = t.untyped_storage().data_ptr()
+            if ptr not in self.skip:
+                self.seen[ptr] = t.untyped_storage().nbytes()
+            return t
+
+        self.ctx = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
+        self.ctx.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.ctx.__exit__(*exc)
+
+    @property
+    def bytes(self) -> int:
+        return sum(self.seen.values())
+
+
+@pytest.mark.parametrize("activation_side", [False, True])
+def test_linear_saves_no_more_than_the_plain_linear(activation_side):
+    x = torch.randn(8, 64, requires_grad=True)
+    w = torch.randn(32, 64, requires_grad=True)
+    s, r, c = torch.ones(1, requires_grad=True), torch.ones(32, requires_grad=True), torch.ones(64, requires_grad=True)
+    with _Saved([w, s, r, c]) as fused:
+        multiplied_linear(x.tanh(), w, None, s, r, c, activation_side=activation_side).sum()
+    with _Saved([w]) as plain:
+        F.linear(x.tanh(), w).sum()
+    with _Saved([w, s, r, c]) as autograd_weight_side:
+        F.linear(x.tanh(), effective_weight(w, s, r, c)).sum()
+    assert fused.bytes == plain.bytes
+    assert autograd_weight_side.bytes > plain.bytes  # the cost the fused op removes
+
+
+def test_weight_op_keeps_no_intermediate():
+    w = torch.randn(3, 16, 8, requires_grad=True)
+    s, r, c = (torch.ones(*shape, requires_grad=True) for shape in ((3,), (3, 16), (3, 8)))
+    with _Saved([w, s, r, c]) as fused:
+        multiplied_weight(w, s, r, c, row_dim=1, col_dim=2, batch_dim=0)
+    with _Saved([w, s, r, c]) as autograd:
+        effective_weight(w, s, r, c, row_dim=1, col_dim=2, batch_dim=0)
+    assert fused.bytes == 0 < autograd.bytes
+
+
+def test_ops_compile_without_graph_breaks():
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    w, wc = torch.randn(6, 4, requires_grad=True), torch.randn(6, 4, 3, requires_grad=True)
+    s, r, c = torch.ones(1, requires_grad=True), torch.ones(6, requires_grad=True), torch.ones(4, requires_grad=True)
+
+    def f(x, xc, idx):
+        return (
+            multiplied_linear(x, w, None, s, r, c, fixed=0.5).sum()
+            + multiplied_linear(x, w, None, s, r, c, activation_side=True).sum()
+            + multiplied_conv(xc, wc, None, s, r, c, padding=(1,)).sum()
+            + multiplied_embedding(idx, w, s, r, None).sum()
+            + (multiplied_weight(w, s, r, c) * x[:1].T.sum()).sum()
+        )
+
+    args = (torch.randn(3, 4, requires_grad=True), torch.randn(2, 4, 5, requires_grad=True), torch.tensor([0, 3, 5]))
+    explanation = torch._dynamo.explain(f)(*args)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    assert explanation.graph_count == 1
