@@ -16,15 +16,19 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any
+
+if __package__ in (None, ""):  # run as `python benchmarks/<script>.py`: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from rich.console import Console
 from rich.table import Table
 
 from reference_models import ByteCorpus, GPTConfig, TrainConfig
-from reference_models.experiments import (
+from benchmarks._harness import (
     ARMS,
     RunRecord,
     adamw_equilibrium_rms,

@@ -9,7 +9,7 @@ from .train import (
     build_model,
     build_optimizer,
     build_scheduler,
-    lr_multiplier,
+    lr_schedule_factor,
     train,
 )
 
@@ -26,6 +26,6 @@ __all__ = [
     "build_model",
     "build_optimizer",
     "build_scheduler",
-    "lr_multiplier",
+    "lr_schedule_factor",
     "train",
 ]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import adam_vs_muon
-from reference_models.experiments import ARMS, lr_wd_from_scale, mean_spread
+from benchmarks._harness import ARMS, lr_wd_from_scale, mean_spread
 
 
 @pytest.mark.slow
