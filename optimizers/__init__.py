@@ -2,15 +2,18 @@
 
 from .adamw import AdamW
 from .lr_scale import LR_SCALE_RULES, lr_scale
+from .matrix_view import MATRIX_VIEWS, matrix_fans
 from .muon import Muon, orthogonalize_updates
 from .newton_schulz import NS_COEFFICIENTS, newton_schulz, newton_schulz_flops
 
 __all__ = [
     "AdamW",
     "LR_SCALE_RULES",
+    "MATRIX_VIEWS",
     "Muon",
     "NS_COEFFICIENTS",
     "lr_scale",
+    "matrix_fans",
     "newton_schulz",
     "newton_schulz_flops",
     "orthogonalize_updates",

@@ -89,3 +89,34 @@ def check_int_at_least(name: str, value: Any, minimum: int) -> None:
 def check_float_dtype(name: str, value: Any) -> None:
     if value is not None and not (isinstance(value, torch.dtype) and value.is_floating_point):
         raise ValueError(f"Invalid {name}: {value!r} (must be None or a floating torch.dtype)")
+
+
+def split_names(params: Any, names: Any) -> tuple[list[Any], list[str] | None]:
+    """``(tensors, names)`` of a group's ``params`` (tensors, or ``(name, tensor)`` pairs as
+    ``named_parameters()`` yields) and its optional ``param_names`` list; ``names`` is ``None`` when
+    there are none. Raises ``TypeError``/``ValueError`` for a set, mixed named and unnamed entries, or a
+    ``param_names`` list that does not match ``params``.
+    """
+    if isinstance(params, Tensor):
+        params = [params]
+    elif isinstance(params, set):
+        raise TypeError("params must be an ordered collection (list), not a set: the order must be stable")
+    params = list(params)
+    named = [isinstance(p, tuple) for p in params]
+    if any(named):
+        if not all(named):
+            raise ValueError("params mixes (name, tensor) pairs and bare tensors; give names for all or none")
+        if names is not None:
+            raise ValueError("give parameter names either as (name, tensor) pairs or as param_names, not both")
+        names = [n for n, _ in params]
+        params = [t for _, t in params]
+    if names is not None:
+        if isinstance(names, str) or not all(isinstance(n, str) for n in names):
+            raise TypeError(f"param_names must be a list of str, got {names!r}")
+        names = list(names)
+        if len(names) != len(params):
+            raise ValueError(
+                f"param_names has {len(names)} entries but params has {len(params)}; "
+                "write one name per parameter, in the same order"
+            )
+    return params, names

@@ -28,11 +28,14 @@ from torch.optim.adam import adam as _torch_adam
 from torch.optim.optimizer import _get_foreach_kernels_supported_devices, _get_fused_kernels_supported_devices
 
 from . import _validation as V
-from ._nonfinite import GuardedOptimizer
+from ._guarded import GuardedOptimizer, check_state_matches_params
 
 __all__ = ["AdamW", "adamw_group_update", "check_adamw_group", "choose_path"]
 
 ADAMW_GROUP_DEFAULTS: dict[str, Any] = {"amsgrad": False, "maximize": False, "decay": "lr"}
+
+ADAMW_STATE_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+"""State tensors the kernels need in the parameter's own dtype and device."""
 
 
 def check_adamw_group(group: dict[str, Any], prefix: str = "") -> None:
@@ -201,6 +204,10 @@ class AdamW(GuardedOptimizer):
                 f"Invalid algorithm: {algorithm!r} in a param group given to optimizers.AdamW "
                 "(only 'adamw'; use optimizers.Muon for 'muon' groups)"
             )
+        params, names = V.split_names(param_group["params"], param_group.get("param_names"))
+        param_group = {**param_group, "params": params}
+        if names is not None:
+            param_group["param_names"] = names
         check_adamw_group({**self.defaults, **param_group})
         super().add_param_group(param_group)
 
@@ -226,7 +233,8 @@ class AdamW(GuardedOptimizer):
         loss, gathered = self._begin_step(closure, _recheck)
         if gathered is None:
             return loss
-        # Every group's kernel is chosen (and may refuse) before any group is updated.
+        # Every group's kernel is chosen (and may refuse) and the state checked before any group is updated.
+        check_state_matches_params(self, ADAMW_STATE_KEYS, same_dtype=True)
         paths = [choose_path(params, group.get("foreach"), group.get("fused")) for group, params, _ in gathered]
         for (group, params, grads), path in zip(gathered, paths):
             adamw_group_update(self.state, group, params, grads, path)
@@ -240,3 +248,4 @@ def _recheck(group: dict[str, Any]) -> None:
         V.check_lr("lr", lr)
     V.check_nonnegative("weight_decay", group["weight_decay"])
     V.check_nonnegative("eps", group["eps"])
+    V.check_betas("betas", group["betas"])

@@ -34,7 +34,9 @@ from .effective_weight import effective_weight
 from .fold import fold
 from .multipliers import Placement, is_multiplied, raw_weight, set_compute
 from .parametrize import Parametrization, parametrize
-from .roles import Role, WeightLayout, detect_roles, register_layout
+from .roles import Role, WeightLayout, detect_roles, register_layout, register_role
+from . import layouts  # registers the built-in layouts and roles of known model families
+from .layouts import symmetry_free
 
 __all__ = [
     "parametrize",
@@ -44,6 +46,9 @@ __all__ = [
     "WeightLayout",
     "detect_roles",
     "register_layout",
+    "register_role",
+    "layouts",
+    "symmetry_free",
     "effective_weight",
     "fold",
     "is_multiplied",

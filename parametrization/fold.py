@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from .multipliers import detach, is_multiplied
+from .multipliers import fold_module, is_multiplied, multiplied_params
+from .owners import owners_by_id
 
 __all__ = ["fold", "check_foldable"]
 
@@ -23,21 +24,18 @@ def check_foldable(model: nn.Module) -> list[str]:
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    owners: dict[int, list[str]] = {}
-    for name, module in model.named_modules(remove_duplicate=False):
-        w = module._parameters.get("weight")
-        if w is not None:
-            owners.setdefault(id(w), []).append(name)
+    by_id = owners_by_id(model)
     names = []
     for name, module in model.named_modules():
         if not is_multiplied(module):
             continue
-        shared = owners.get(id(module._parameters["weight"]), [])
-        if len(shared) > 1:
-            raise ValueError(
-                f"cannot fold {name!r}: its weight is shared with {[n for n in shared if n != name]}, which "
-                f"does not apply the same factors; untie the weights before folding"
-            )
+        for param in multiplied_params(module):
+            shared = [o.fqn for o in by_id[id(module._parameters[param])]]
+            if len(shared) > 1:
+                raise ValueError(
+                    f"cannot fold {name!r}: its {param!r} is shared as {shared}, whose other uses do not "
+                    f"apply the same factors; untie the weights before folding"
+                )
         names.append(name)
     return names
 
@@ -57,5 +55,5 @@ def fold(model: nn.Module) -> nn.Module:
         )
     modules = dict(model.named_modules())
     for name in names:
-        detach(modules[name])
+        fold_module(modules[name])
     return model

@@ -1,28 +1,34 @@
-"""The module-side mechanism that carries the multipliers s, r, c of one layer.
+"""The module-side mechanism that carries the multipliers s, r, c of a module's parameters.
 
-Attaching multipliers to a module (:func:`attach`) swaps the module's class for a dynamic
-subclass (one per original class, as ``torch.nn.utils.parametrize`` does) whose class-level
-``weight`` property returns ``W_eff = f·s·diag(r)·W·diag(c)`` computed by
+Attaching multipliers to ``module.<param>`` (:func:`attach`) swaps the module's class for a
+dynamic subclass (one per original class and set of multiplied parameter names, as
+``torch.nn.utils.parametrize`` does) with a class-level property per multiplied parameter that
+returns ``W_eff = f·s·diag(r)·W·diag(c)``, computed by
 :func:`parametrization.effective_weight.effective_weight`. The raw ``W`` stays where it was, in
-``module._parameters["weight"]``, so:
+``module._parameters[param]``, so:
 
 * ``named_parameters()`` and ``state_dict()`` keep the plain model's key for ``W``; the
-  multipliers are extra parameters on the same module, named ``weight_mult_scalar`` (shape
-  ``(1,)``), ``weight_mult_row`` (``(m,)``) and ``weight_mult_col`` (``(n,)``). All are ≥1-D so
-  FSDP2 can shard them on dim 0 like the weight's rows.
+  multipliers are extra parameters on the same module, named ``f"{param}_mult_scalar"`` (shape
+  ``(1,)``), ``f"{param}_mult_row"`` (``(m,)``) and ``f"{param}_mult_col"`` (``(n,)``); with a
+  batch axis of ``E`` stacked matrices (fused experts) the shapes are ``(E,)``, ``(E, m)``,
+  ``(E, n)``. All are ≥1-D so FSDP2 can shard them on dim 0. One module may carry multipliers on
+  several parameters (an experts module's ``gate_up_proj`` and ``down_proj``);
 * the optimizer sees the raw ``W``, whose gradient is ``s·(r cᵀ)⊙G`` (paper eq. 4);
 * loading a plain checkpoint (no multiplier keys) works with ``strict=True`` and sets the
   multipliers to 1, so the loaded model computes exactly what the plain model did;
-* :func:`detach` multiplies ``W`` in place by the multipliers and restores the original class.
+* the multipliers of a frozen ``W`` (``requires_grad=False`` at attach time) are created frozen;
+* :func:`fold_module` multiplies each ``W`` in place by its multipliers and restores the
+  original class; ``copy.deepcopy`` and ``pickle`` rebuild the dynamic class.
 
-Exact ``nn.Linear`` and ``nn.Embedding`` modules also get a ``forward`` that chooses, per call,
-between the weight side (build ``W_eff``) and the activation side (scale inputs/outputs), by
-:func:`~parametrization.effective_weight.prefers_activation_side`; subclasses of them keep their
-own ``forward`` and read ``self.weight`` (weight side).
+Exact ``nn.Linear`` and ``nn.Embedding`` modules whose only multiplied parameter is ``weight``
+also get a ``forward`` that chooses, per call, between the weight side (build ``W_eff``) and the
+activation side (scale inputs/outputs), by
+:func:`~parametrization.effective_weight.prefers_activation_side`; every other module keeps its
+own ``forward`` and reads ``self.<param>`` (weight side).
 
-Caveat: after attaching, ``module.weight`` is a computed tensor. Re-initialize the raw weight
-through ``module._parameters["weight"]`` (or before parametrizing); in-place init on
-``module.weight`` would write into a temporary.
+Caveat: after attaching, ``module.<param>`` is a computed tensor. Re-initialize the raw weight
+through :func:`raw_weight` (or before parametrizing); in-place init on ``module.weight`` would
+write into a temporary.
 """
 
 from __future__ import annotations
@@ -41,54 +47,53 @@ from .effective_weight import (
     linear_activation_side,
     prefers_activation_side,
 )
+from .placement import Placement
 from .roles import WeightLayout
 
 __all__ = [
     "Placement",
-    "MULTIPLIER_NAMES",
+    "MULTIPLIER_SUFFIXES",
+    "multiplier_names",
+    "multiplied_fqn",
     "attach",
-    "detach",
+    "fold_module",
     "is_multiplied",
+    "multiplied_params",
     "raw_weight",
     "reset",
     "set_compute",
 ]
 
-SCALAR, ROW, COL = "weight_mult_scalar", "weight_mult_row", "weight_mult_col"
-MULTIPLIER_NAMES = (SCALAR, ROW, COL)
-"""Attribute names of the multipliers on a module (also the last part of their FQN)."""
+MULTIPLIER_SUFFIXES = ("_mult_scalar", "_mult_row", "_mult_col")
+"""Suffixes appended to a parameter's name to name its multipliers ``s``, ``r``, ``c``."""
 
 Compute = Literal["auto", "weight", "activation"]
 
 
+def multiplier_names(param: str = "weight") -> tuple[str, str, str]:
+    """Attribute names of the ``(s, r, c)`` multipliers of ``module.<param>``.
+
+    ``multiplier_names("weight") == ("weight_mult_scalar", "weight_mult_row", "weight_mult_col")``.
+    """
+    return tuple(param + suffix for suffix in MULTIPLIER_SUFFIXES)  # type: ignore[return-value]
+
+
+def multiplied_fqn(multiplier_fqn: str) -> str | None:
+    """FQN of the parameter a multiplier scales (``"a.weight_mult_row"`` → ``"a.weight"``), else ``None``."""
+    for suffix in MULTIPLIER_SUFFIXES:
+        if multiplier_fqn.endswith(suffix):
+            return multiplier_fqn[: -len(suffix)]
+    return None
+
+
 @dataclass(frozen=True)
-class Placement:
-    """Which multipliers a layer gets: a scalar ``s``, a row vector ``r``, a column vector ``c``."""
+class _Spec:
+    """How one multiplied parameter is stored: its layout axes and its fixed factor."""
 
-    scalar: bool = False
-    row: bool = False
-    col: bool = False
-
-    @classmethod
-    def parse(cls, spec: str, *, where: str = "placement") -> "Placement":
-        """Parse a spec string made of the letters ``s``, ``r``, ``c`` (or ``""``/``"none"``)."""
-        if not isinstance(spec, str):
-            raise TypeError(f"{where} must be a string of the letters 's', 'r', 'c', got {spec!r}")
-        letters = "" if spec == "none" else spec
-        bad = set(letters) - set("src")
-        if bad or len(set(letters)) != len(letters):
-            raise ValueError(
-                f"{where} = {spec!r} is not a placement; use the letters 's' (scalar), 'r' (row), "
-                f"'c' (column) at most once each, e.g. 'rc', 'r', 's', or 'none'"
-            )
-        return cls(scalar="s" in letters, row="r" in letters, col="c" in letters)
-
-    @property
-    def any(self) -> bool:
-        return self.scalar or self.row or self.col
-
-    def __str__(self) -> str:
-        return ("s" if self.scalar else "") + ("r" if self.row else "") + ("c" if self.col else "") or "-"
+    row_dim: int
+    col_dim: int
+    batch_dim: int | None
+    fixed: float
 
 
 # --------------------------------------------------------------------------- module mixins
@@ -105,40 +110,42 @@ def _is_dtensor(t: Tensor) -> bool:
 class _Multiplied:
     """Mixin placed in front of the original class; the marker of a multiplied module."""
 
-    _lrm_row_dim: int
-    _lrm_col_dim: int
-    _lrm_fixed: float
+    _lrm_specs: dict[str, _Spec]
     _lrm_compute: Compute
     _lrm_init: dict[str, float]
 
-    def _lrm_tensors(self) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
+    def _lrm_tensors(self, param: str = "weight") -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
         params = self._parameters  # type: ignore[attr-defined]
-        return params["weight"], params.get(SCALAR), params.get(ROW), params.get(COL)
+        s, r, c = multiplier_names(param)
+        return params[param], params.get(s), params.get(r), params.get(c)
 
-    def _lrm_effective_weight(self) -> Tensor:
-        w, s, r, c = self._lrm_tensors()
-        return effective_weight(w, s, r, c, row_dim=self._lrm_row_dim, col_dim=self._lrm_col_dim, fixed=self._lrm_fixed)
+    def _lrm_effective_weight(self, param: str = "weight") -> Tensor:
+        w, s, r, c = self._lrm_tensors(param)
+        spec = self._lrm_specs[param]
+        return effective_weight(
+            w, s, r, c, row_dim=spec.row_dim, col_dim=spec.col_dim, batch_dim=spec.batch_dim, fixed=spec.fixed
+        )
+
+    # The built-in Linear/Embedding forwards read the layout of ``weight`` through these.
+    @property
+    def _lrm_row_dim(self) -> int:
+        return self._lrm_specs["weight"].row_dim
 
     @property
-    def weight(self) -> Tensor:
-        """``W_eff = f·s·diag(r)·W·diag(c)`` (the raw ``W`` is ``_parameters['weight']``).
+    def _lrm_col_dim(self) -> int:
+        return self._lrm_specs["weight"].col_dim
 
-        Exception: while ``W`` is a DTensor (FSDP2's sharded state, between forwards) this returns
-        the raw ``W``: FSDP2 re-reads its parameter with ``getattr(module, "weight")`` at lazy init
-        and would otherwise adopt the computed ``W_eff`` (a non-leaf) as the parameter, so ``W``
-        would never get a gradient. FSDP2 runs forward on plain unsharded tensors, where this
-        property is ``W_eff`` again; the built-in forwards below never read it.
-        """
-        w = self._parameters["weight"]  # type: ignore[attr-defined]
-        if _is_dtensor(w):
-            return w
-        return self._lrm_effective_weight()
+    @property
+    def _lrm_fixed(self) -> float:
+        return self._lrm_specs["weight"].fixed
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):  # type: ignore[no-untyped-def]
         # A plain checkpoint has the weight but no multipliers: load them as 1 so the model
         # computes exactly what the plain model did (and strict=True passes).
-        if prefix + "weight" in state_dict:
-            for name in MULTIPLIER_NAMES:
+        for param in self._lrm_specs:
+            if prefix + param not in state_dict:
+                continue
+            for name in multiplier_names(param):
                 p = self._parameters.get(name)  # type: ignore[attr-defined]
                 if p is not None and prefix + name not in state_dict:
                     state_dict[prefix + name] = torch.ones_like(p)
@@ -148,7 +155,21 @@ class _Multiplied:
 
     def __reduce_ex__(self, protocol: Any) -> Any:
         # Dynamic classes cannot be pickled by name; rebuild them from the original class.
-        return (_new_multiplied, (_original_class(type(self)),), self.__dict__)
+        return (_new_multiplied, (_original_class(type(self)), tuple(self._lrm_specs)), self.__dict__)
+
+
+def _effective_property(param: str) -> property:
+    def fget(self: _Multiplied) -> Tensor:
+        w = self._parameters[param]  # type: ignore[attr-defined]
+        # While W is a DTensor (FSDP2's sharded state, between forwards) return the raw W: FSDP2
+        # re-reads its parameter with getattr(module, name) at lazy init and would otherwise adopt
+        # the computed W_eff (a non-leaf) as the parameter, so W would never get a gradient.
+        # FSDP2 runs forward on plain unsharded tensors, where this is W_eff again.
+        if _is_dtensor(w):
+            return w
+        return self._lrm_effective_weight(param)
+
+    return property(fget, doc=f"``W_eff = f·s·diag(r)·W·diag(c)`` of ``{param}`` (raw ``W``: ``_parameters[{param!r}]``).")
 
 
 class _MultipliedLinear(_Multiplied):
@@ -177,20 +198,23 @@ class _MultipliedEmbedding(_Multiplied):
         )
 
 
-_CLASS_CACHE: dict[type, type] = {}
+_CLASS_CACHE: dict[tuple[type, tuple[str, ...]], type] = {}
 
 
-def _multiplied_class(cls: type) -> type:
-    if cls not in _CLASS_CACHE:
-        if cls is nn.Linear:
+def _multiplied_class(cls: type, params: tuple[str, ...]) -> type:
+    """The dynamic subclass of ``cls`` with an effective-weight property per name in ``params``."""
+    key = (cls, tuple(sorted(params)))
+    if key not in _CLASS_CACHE:
+        if cls is nn.Linear and key[1] == ("weight",):
             mixin: type = _MultipliedLinear
-        elif cls is nn.Embedding:
+        elif cls is nn.Embedding and key[1] == ("weight",):
             mixin = _MultipliedEmbedding
         else:
             mixin = _Multiplied
-        new = type(f"Multiplied{cls.__name__}", (mixin, cls), {"__module__": __name__})
-        _CLASS_CACHE[cls] = new
-    return _CLASS_CACHE[cls]
+        props = {name: _effective_property(name) for name in key[1]}
+        new = type(f"Multiplied{cls.__name__}", (mixin, cls), {"__module__": __name__, **props})
+        _CLASS_CACHE[key] = new
+    return _CLASS_CACHE[key]
 
 
 def _original_class(cls: type) -> type:
@@ -200,8 +224,8 @@ def _original_class(cls: type) -> type:
     raise TypeError(f"{cls!r} is not a multiplied class")
 
 
-def _new_multiplied(cls: type) -> nn.Module:
-    new_cls = _multiplied_class(cls)
+def _new_multiplied(cls: type, params: tuple[str, ...] = ("weight",)) -> nn.Module:
+    new_cls = _multiplied_class(cls, params)
     return new_cls.__new__(new_cls)
 
 
@@ -209,16 +233,26 @@ def _new_multiplied(cls: type) -> nn.Module:
 
 
 def is_multiplied(module: nn.Module) -> bool:
-    """True when ``module`` carries multipliers attached by :func:`attach`."""
+    """True when ``module`` carries multipliers (or a fixed factor) attached by :func:`attach`."""
     return isinstance(module, _Multiplied)
 
 
-def raw_weight(module: nn.Module) -> Tensor:
-    """The stored weight ``W`` of a module, multiplied or not (``module.weight`` is ``W_eff``)."""
-    w = module._parameters.get("weight")
+def multiplied_params(module: nn.Module) -> tuple[str, ...]:
+    """Names of the parameters of ``module`` that :func:`attach` gave multipliers (or a factor)."""
+    return tuple(module._lrm_specs) if is_multiplied(module) else ()
+
+
+def raw_weight(module: nn.Module, param: str = "weight") -> Tensor:
+    """The stored ``W`` of ``module.<param>``, multiplied or not (``module.<param>`` is ``W_eff``)."""
+    w = module._parameters.get(param)
     if w is None:
-        raise ValueError(f"{type(module).__name__} has no 'weight' parameter")
+        raise ValueError(f"{type(module).__name__} has no parameter {param!r}")
     return w
+
+
+def _check_compute(compute: Any) -> None:
+    if compute not in ("auto", "weight", "activation"):
+        raise ValueError(f"compute must be 'auto', 'weight' or 'activation', got {compute!r}")
 
 
 def attach(
@@ -226,41 +260,67 @@ def attach(
     placement: Placement,
     layout: WeightLayout,
     *,
+    param: str = "weight",
     fixed: float = 1.0,
     compute: Compute = "auto",
 ) -> list[str]:
-    """Give ``module`` the multipliers of ``placement`` (all 1) and return their attribute names.
+    """Give ``module.<param>`` the multipliers of ``placement`` (all 1) and return their names.
 
-    ``fixed`` is a constant factor (e.g. muP's output 1/m). Where the layer has a learnable
-    multiplier the constant becomes its initial value instead (``s`` if present, else every
-    entry of ``r``, else of ``c``), so ``W_eff`` at init equals ``fixed·W`` either way.
+    Args:
+        module: the module that stores the parameter.
+        placement: which of ``s``, ``r``, ``c`` to create.
+        layout: where the parameter keeps its output rows, input columns and (optional) batch
+            axis of stacked matrices.
+        param: the parameter's attribute name (default ``"weight"``).
+        fixed: a constant factor (e.g. muP's output 1/m); default 1. Where the layer has a
+            learnable multiplier the constant becomes its initial value instead (``s`` if present,
+            else every entry of ``r``, else of ``c``), so ``W_eff`` at init equals ``fixed·W``.
+        compute: ``"auto"`` (default), ``"weight"`` or ``"activation"``, see :func:`set_compute`.
+
+    Multipliers are created on the parameter's device and dtype, frozen when it is frozen.
     """
-    if is_multiplied(module):
-        raise ValueError(f"{type(module).__name__} already carries multipliers; parametrize a module only once")
-    if compute not in ("auto", "weight", "activation"):
-        raise ValueError(f"compute must be 'auto', 'weight' or 'activation', got {compute!r}")
-    w = raw_weight(module)
+    w = raw_weight(module, param)
+    if param in multiplied_params(module):
+        raise ValueError(
+            f"{type(module).__name__}.{param} already carries multipliers; parametrize a module only once"
+        )
+    _check_compute(compute)
     ndim = w.ndim
     row_dim, col_dim = layout.row_dim % ndim, layout.col_dim % ndim
+    batch_dim = None if layout.batch_dim is None else layout.batch_dim % ndim
+    if len({row_dim, col_dim, batch_dim} - {None}) != (3 if batch_dim is not None else 2):
+        raise ValueError(f"layout {layout} of {type(module).__name__}.{param} (shape {tuple(w.shape)}) uses an axis twice")
+    batch = () if batch_dim is None else (w.shape[batch_dim],)
     names: list[str] = []
     inits: dict[str, float] = {}
     absorbed = False
     factory = {"device": w.device, "dtype": w.dtype}
-    for name, wanted, size in ((SCALAR, placement.scalar, 1), (ROW, placement.row, w.shape[row_dim]), (COL, placement.col, w.shape[col_dim])):
+    s_name, r_name, c_name = multiplier_names(param)
+    for name, wanted, size in (
+        (s_name, placement.scalar, batch or (1,)),
+        (r_name, placement.row, (*batch, w.shape[row_dim])),
+        (c_name, placement.col, (*batch, w.shape[col_dim])),
+    ):
         if not wanted:
             continue
         init = 1.0
         if not absorbed and fixed != 1.0:
             init, absorbed = fixed, True
-        module.register_parameter(name, nn.Parameter(torch.full((size,), init, **factory)))
+        module.register_parameter(name, nn.Parameter(torch.full(size, init, **factory), requires_grad=w.requires_grad))
         names.append(name)
         inits[name] = init
-    module._lrm_row_dim = row_dim
-    module._lrm_col_dim = col_dim
-    module._lrm_fixed = 1.0 if absorbed else float(fixed)
-    module._lrm_compute = compute
-    module._lrm_init = inits
-    module.__class__ = _multiplied_class(type(module))
+    spec = _Spec(row_dim, col_dim, batch_dim, 1.0 if absorbed else float(fixed))
+    if is_multiplied(module):
+        module._lrm_specs = {**module._lrm_specs, param: spec}
+        module._lrm_init = {**module._lrm_init, **inits}
+        if compute != "auto":
+            module._lrm_compute = compute
+        module.__class__ = _multiplied_class(_original_class(type(module)), tuple(module._lrm_specs))
+    else:
+        module._lrm_specs = {param: spec}
+        module._lrm_compute = compute
+        module._lrm_init = inits
+        module.__class__ = _multiplied_class(type(module), (param,))
     return names
 
 
@@ -273,8 +333,7 @@ def set_compute(module: nn.Module, compute: Compute) -> None:
     """
     if not is_multiplied(module):
         raise ValueError(f"{type(module).__name__} carries no multipliers")
-    if compute not in ("auto", "weight", "activation"):
-        raise ValueError(f"compute must be 'auto', 'weight' or 'activation', got {compute!r}")
+    _check_compute(compute)
     module._lrm_compute = compute
 
 
@@ -292,19 +351,22 @@ def reset(module: nn.Module) -> None:
 
 
 @torch.no_grad()
-def detach(module: nn.Module) -> None:
-    """Fold the multipliers of ``module`` into its weight in place and restore its plain class.
+def fold_module(module: nn.Module) -> None:
+    """Fold the multipliers of ``module`` into its parameters in place and restore its plain class.
 
-    Afterwards the module is an instance of its original class, with its original parameters
-    and state_dict keys, and ``module.weight`` holds the former ``W_eff``.
+    Each multiplied ``W`` becomes ``W_eff`` (``W ← f·s·diag(r)·W·diag(c)``, written into the same
+    tensor); the multipliers are removed. Afterwards the module is an instance of its original
+    class, with its original parameters and ``state_dict`` keys.
     """
     if not is_multiplied(module):
         raise ValueError(f"{type(module).__name__} carries no multipliers to fold")
-    w = module._parameters["weight"]
-    w_eff = module._lrm_effective_weight()  # not module.weight: that is the raw W while W is a DTensor
-    w.copy_(w_eff)
-    for name in MULTIPLIER_NAMES:
-        module._parameters.pop(name, None)
-    for attr in ("_lrm_row_dim", "_lrm_col_dim", "_lrm_fixed", "_lrm_compute", "_lrm_init"):
+    for param in module._lrm_specs:
+        # not module.<param>: that is the raw W while W is a DTensor
+        w_eff = module._lrm_effective_weight(param)
+        module._parameters[param].copy_(w_eff)
+    for param in module._lrm_specs:
+        for name in multiplier_names(param):
+            module._parameters.pop(name, None)
+    for attr in ("_lrm_specs", "_lrm_compute", "_lrm_init"):
         module.__dict__.pop(attr, None)
     module.__class__ = _original_class(type(module))

@@ -3,11 +3,11 @@
 For a width multiplier ``m = width / base_width`` (1 at the base width, where muP equals the
 standard parametrization):
 
-* hidden matrices trained by Adam(W): learning rate × 1/m (:func:`adamw_lr_scale`);
+* hidden matrices trained by Adam(W): learning rate × 1/m (:func:`adamw_lr_factor`);
 * hidden matrices trained by Muon: no extra factor. Muon's own spectral scale
   ``sqrt(max(1, fan_out/fan_in))`` already makes its update width-invariant, and applying both
   would scale twice (the bug Megatron-LM PR #3715 fixed);
-* output logits × 1/m, a fixed forward multiplier on the head (:func:`output_multiplier`). Where
+* output logits × 1/m, a fixed forward multiplier on the head (:func:`output_factor`). Where
   the head carries a learnable multiplier, the factor becomes that multiplier's initial value;
 * hidden init std ∝ 1/sqrt(fan_in) (:func:`hidden_init_std`): PyTorch's default Linear/Conv
   init already is; a model that draws every matrix with one constant std σ (nanoGPT's 0.02) gets
@@ -25,27 +25,32 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import torch
 import torch.nn as nn
 from torch import Tensor
 
-from .roles import Role, RoleTable, WeightLayout
+from .owners import Owner
+from .roles import Role, RoleTable, WeightLayout, weight_layout
 
 __all__ = [
     "WidthMultipliers",
-    "adamw_lr_scale",
-    "output_multiplier",
+    "adamw_lr_factor",
+    "output_factor",
     "hidden_init_std",
     "fan_in",
     "width_multipliers",
+    "MupPlan",
+    "plan",
+    "redraw_hidden_init",
 ]
 
 
-def adamw_lr_scale(m: float) -> float:
+def adamw_lr_factor(m: float) -> float:
     """Adam(W) learning-rate factor of a hidden matrix at width multiplier ``m``: ``1/m``."""
     return 1.0 / m
 
 
-def output_multiplier(m: float) -> float:
+def output_factor(m: float) -> float:
     """Fixed forward factor on the output logits at width multiplier ``m``: ``1/m``."""
     return 1.0 / m
 
@@ -56,8 +61,14 @@ def hidden_init_std(base_std: float, m: float) -> float:
 
 
 def fan_in(weight: Tensor, layout: WeightLayout) -> int:
-    """Input features per output feature: ``numel / shape[row_dim]`` (kernel taps included)."""
-    return weight.numel() // weight.shape[layout.row_dim % weight.ndim]
+    """Input features per output feature of one matrix: ``numel / (shape[row_dim]·shape[batch_dim])``.
+
+    Kernel taps count as inputs; a batch axis (stacked experts) indexes separate matrices.
+    """
+    per_matrix = weight.numel() // weight.shape[layout.row_dim % weight.ndim]
+    if layout.batch_dim is not None:
+        per_matrix //= weight.shape[layout.batch_dim % weight.ndim]
+    return per_matrix
 
 
 @dataclass(frozen=True)
@@ -115,3 +126,71 @@ def width_multipliers(
         raise ValueError(f"width must be a positive int, got {width!r}")
     m = width / base_width
     return WidthMultipliers(matrices={fqn: m for fqn in matrices}, head=m)
+
+
+@dataclass(frozen=True)
+class MupPlan:
+    """What muP will do to a model: the width multipliers, and the head's fixed output factor.
+
+    ``head`` is ``(owner of the head weight, factor)``, or ``None`` when the factor is 1.
+    """
+
+    width: WidthMultipliers
+    head: tuple[Owner, float] | None
+
+    def lr_factor(self, fqn: str) -> float:
+        """The AdamW lr factor 1/m of the hidden matrix ``fqn`` (1 for anything else)."""
+        m = self.width.matrices.get(fqn)
+        return 1.0 if m is None else adamw_lr_factor(m)
+
+
+def _layout(owners: list[Owner]) -> WeightLayout | None:
+    for o in owners:
+        lay = weight_layout(o.module, o.param_name)
+        if lay is not None:
+            return lay
+    return None
+
+
+def _readout_owner(owners: list[Owner]) -> Owner | None:
+    """The Linear-like module that reads out through the head weight (not its embedding use)."""
+    for o in reversed(owners):
+        if weight_layout(o.module, o.param_name) is not None and not isinstance(o.module, (nn.Embedding, nn.EmbeddingBag)):
+            return o
+    return None
+
+
+def plan(
+    model: nn.Module,
+    table: RoleTable,
+    owners: dict[str, list[Owner]],
+    base_width: int | nn.Module,
+    width: int | None = None,
+) -> MupPlan:
+    """Check and compute the muP rules for ``model`` without changing it.
+
+    Raises:
+        ValueError: bad widths (see :func:`width_multipliers`), or a head that needs an output
+            factor but is not the weight of a module of known layout.
+    """
+    layouts = {fqn: lay for fqn in table.roles if (lay := _layout(owners[fqn])) is not None}
+    mults = width_multipliers(model, table, layouts, base_width, width)
+    heads = [fqn for fqn, r in table.roles.items() if r is Role.HEAD]
+    head = None
+    if heads and mults.head != 1.0:
+        owner = _readout_owner(owners[heads[0]])
+        if owner is None:
+            raise ValueError(
+                f"muP needs a fixed output factor on the head {heads[0]!r}, but it is not the weight "
+                "of a Linear-like module; give it the role 'matrix' or register its module type"
+            )
+        head = (owner, output_factor(mults.head))
+    return MupPlan(mults, head)
+
+
+@torch.no_grad()
+def redraw_hidden_init(owners: dict[str, list[Owner]], width: WidthMultipliers, init_std: float) -> None:
+    """Redraw every hidden matrix from N(0, (init_std/sqrt(m))²) (:func:`hidden_init_std`)."""
+    for fqn, m in width.matrices.items():
+        o = owners[fqn][0]
+        o.module._parameters[o.param_name].normal_(0.0, hidden_init_std(init_std, m))

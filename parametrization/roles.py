@@ -12,11 +12,17 @@ Automatic detection (:func:`detect_roles`), in order of precedence:
    embedding and a Linear-like module (tied embeddings); else the weight of the last Linear-like
    module in module order (the readout of an MLP or a classifier).
 2. ``embedding``: the weight of an ``nn.Embedding`` / ``nn.EmbeddingBag``.
-3. ``vector``: every parameter with at most one dimension (norm weights, biases, gains).
-4. ``matrix``: the ``weight`` of a module whose weight layout is known (``nn.Linear``,
-   convolutions, transposed convolutions, Hugging Face ``Conv1D``, and whatever
-   :func:`register_layout` adds).
-5. Anything else (a raw ≥2-D ``nn.Parameter`` of a custom module) is ambiguous: detection raises
+3. ``vector``: a parameter marked ``p._no_weight_decay = True`` (the marker Hugging Face and
+   mamba-ssm put on an SSM's ``A_log``, ``D`` and ``dt_bias``), whatever its shape.
+4. A role registered for the module type and parameter name (:func:`register_role`), or given by
+   a built-in rule for a known model family (:mod:`parametrization.layouts`: depthwise conv
+   kernels, SSM parameters and 2-D biases are ``vector``; ViT class/distillation tokens and
+   learned position tables are ``embedding``).
+5. ``vector``: every other parameter with at most one dimension (norm weights, biases, gains).
+6. ``matrix``: a parameter whose weight layout is known (the ``weight`` of ``nn.Linear``,
+   convolutions, transposed convolutions, Hugging Face ``Conv1D``; the fused expert tensors and
+   routers of :mod:`parametrization.layouts`; whatever :func:`register_layout` adds).
+7. Anything else (a raw ≥2-D ``nn.Parameter`` of a custom module) is ambiguous: detection raises
    a ``ValueError`` naming the parameter and the ``roles={...}`` override that resolves it.
 
 User overrides are ``{glob: role}`` matched with :func:`fnmatch.fnmatchcase` against every name
@@ -27,11 +33,14 @@ A glob that matches nothing is an error.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 
 import torch.nn as nn
+from torch import Tensor
+
+from .owners import owners_by_id
 
 __all__ = [
     "Role",
@@ -39,7 +48,9 @@ __all__ = [
     "RoleTable",
     "detect_roles",
     "register_layout",
+    "register_role",
     "weight_layout",
+    "role_rule",
     "matrix_view",
     "MATRIX_VIEWS",
 ]
@@ -131,6 +142,18 @@ _LAYOUTS_BY_NAME: dict[tuple[str, str], WeightLayout] = {
 }
 _EMBEDDING_TYPES = (nn.Embedding, nn.EmbeddingBag)
 
+# Roles of parameters that are not matrices of a known layout, keyed like _LAYOUTS.
+_ROLES: dict[tuple[type, str], Role] = {}
+_ROLES_BY_NAME: dict[tuple[str, str], Role] = {}
+
+LayoutRule = Callable[[nn.Module, str, Tensor], "WeightLayout | None"]
+RoleRule = Callable[[nn.Module, str, Tensor], "Role | None"]
+# Structural rules for families whose module types are too many to list (every Hugging Face MoE
+# model has its own experts class); parametrization.layouts appends the built-in ones. Consulted
+# after the type registries, first answer wins.
+_LAYOUT_RULES: list[LayoutRule] = []
+_ROLE_RULES: list[RoleRule] = []
+
 
 def register_layout(
     module_type: type | str,
@@ -168,14 +191,80 @@ def register_layout(
         raise TypeError(f"module_type must be an nn.Module subclass or a 'module.QualName' string, got {module_type!r}")
 
 
-def weight_layout(module: nn.Module, param: str = "weight") -> WeightLayout | None:
-    """The :class:`WeightLayout` of ``module.<param>``, or ``None`` for an unknown module type."""
+def register_role(module_type: type | str, *, param: str, role: Role | str) -> None:
+    """Give ``module_type.<param>`` a fixed role (for a parameter that is not a matrix).
+
+    Args:
+        module_type: the class, or its ``"module.QualName"`` string.
+        param: the parameter's attribute name on the module, e.g. ``"cls_token"``.
+        role: ``"embedding"``, ``"head"``, ``"matrix"`` or ``"vector"``. A ``"matrix"`` needs a
+            layout (rows, columns) for multipliers and Muon: use :func:`register_layout` instead.
+
+    Example: ``register_role(MyPatchEmbed, param="pos_table", role="embedding")``.
+    """
+    if not isinstance(param, str) or not param:
+        raise TypeError(f"param must be a parameter attribute name, got {param!r}")
+    allowed = ", ".join(r.value for r in _USER_ROLES if r is not Role.MATRIX)
+    try:
+        parsed = Role(role)
+    except ValueError:
+        raise ValueError(f"role = {role!r} is not a role; allowed: {allowed}") from None
+    if parsed is Role.MATRIX:
+        raise ValueError(
+            f"role = 'matrix' for {module_type!r}.{param}: a matrix needs its row/column axes; call "
+            f"register_layout({module_type!r}, param={param!r}, row_dim=..., col_dim=...) instead"
+        )
+    if parsed is Role.MULTIPLIER:
+        raise ValueError(f"role = 'multiplier' is reserved for the multipliers parametrize() inserts; allowed: {allowed}")
+    if isinstance(module_type, str):
+        _ROLES_BY_NAME[(module_type, param)] = parsed
+    elif isinstance(module_type, type) and issubclass(module_type, nn.Module):
+        _ROLES[(module_type, param)] = parsed
+    else:
+        raise TypeError(f"module_type must be an nn.Module subclass or a 'module.QualName' string, got {module_type!r}")
+
+
+def _registered(module: nn.Module, param: str, by_type: dict, by_name: dict):  # type: ignore[type-arg]
     for cls in type(module).__mro__:
         name = f"{cls.__module__}.{cls.__qualname__}"
-        if (name, param) in _LAYOUTS_BY_NAME:
-            return _LAYOUTS_BY_NAME[(name, param)]
-        if (cls, param) in _LAYOUTS:
-            return _LAYOUTS[(cls, param)]
+        if (name, param) in by_name:
+            return by_name[(name, param)]
+        if (cls, param) in by_type:
+            return by_type[(cls, param)]
+    return None
+
+
+def weight_layout(module: nn.Module, param: str = "weight") -> WeightLayout | None:
+    """The :class:`WeightLayout` of ``module.<param>``, or ``None`` for an unknown module type.
+
+    Registered types (:func:`register_layout`, nearest class in the MRO first) come before the
+    built-in structural rules of :mod:`parametrization.layouts`.
+    """
+    found = _registered(module, param, _LAYOUTS, _LAYOUTS_BY_NAME)
+    if found is not None:
+        return found
+    p = module._parameters.get(param)
+    if p is None:
+        return None
+    for rule in _LAYOUT_RULES:
+        found = rule(module, param, p)
+        if found is not None:
+            return found
+    return None
+
+
+def role_rule(module: nn.Module, param: str) -> Role | None:
+    """The role :func:`register_role` or a built-in rule gives ``module.<param>``, else ``None``."""
+    found = _registered(module, param, _ROLES, _ROLES_BY_NAME)
+    if found is not None:
+        return found
+    p = module._parameters.get(param)
+    if p is None:
+        return None
+    for rule in _ROLE_RULES:
+        found = rule(module, param, p)
+        if found is not None:
+            return found
     return None
 
 
@@ -242,19 +331,10 @@ def detect_roles(model: nn.Module, overrides: Mapping[str, str | Role] | None = 
 
     # All names of every parameter; tied parameters appear under several names. Tensor identity
     # is used only here, during detection, never stored.
-    names_of: dict[int, list[str]] = {}
-    owners: dict[int, list[tuple[nn.Module, str]]] = {}
-    params: dict[int, nn.Parameter] = {}
-    for mod_name, module in model.named_modules(remove_duplicate=False):
-        for pname, p in module._parameters.items():
-            if p is None:
-                continue
-            fqn = f"{mod_name}.{pname}" if mod_name else pname
-            names = names_of.setdefault(id(p), [])
-            if fqn not in names:
-                names.append(fqn)
-                owners.setdefault(id(p), []).append((module, pname))
-            params[id(p)] = p
+    by_id = owners_by_id(model)
+    names_of = {pid: [o.fqn for o in found] for pid, found in by_id.items()}
+    owners = {pid: [(o.module, o.param_name) for o in found] for pid, found in by_id.items()}
+    params = {pid: found[0].module._parameters[found[0].param_name] for pid, found in by_id.items()}
     canonical = {pid: n for pid, n in ((pid, names[0]) for pid, names in names_of.items())}
     # named_parameters() order defines the canonical name of a tied parameter.
     for fqn, p in model.named_parameters():
@@ -293,9 +373,13 @@ def detect_roles(model: nn.Module, overrides: Mapping[str, str | Role] | None = 
             roles[fqn] = Role.HEAD
         elif any(isinstance(m, _EMBEDDING_TYPES) and pn == "weight" for m, pn in mods):
             roles[fqn] = Role.EMBEDDING
+        elif getattr(p, "_no_weight_decay", False) is True:
+            roles[fqn] = Role.VECTOR
+        elif (ruled := next((r for m, pn in mods if (r := role_rule(m, pn)) is not None), None)) is not None:
+            roles[fqn] = ruled
         elif p.ndim <= 1:
             roles[fqn] = Role.VECTOR
-        elif any(weight_layout(m) is not None and pn == "weight" for m, pn in mods):
+        elif any(weight_layout(m, pn) is not None for m, pn in mods):
             roles[fqn] = Role.MATRIX
         else:
             owner = type(mods[0][0]).__name__
@@ -306,7 +390,8 @@ def detect_roles(model: nn.Module, overrides: Mapping[str, str | Role] | None = 
         raise ValueError(
             "cannot decide the role of " + "; ".join(problems) + ". Pass roles={'<fqn or glob>': "
             "'matrix' | 'embedding' | 'head' | 'vector'} to parametrize(), or teach the module "
-            "type with parametrization.register_layout(...)"
+            "type with parametrization.register_layout(...) (a matrix: where its rows and columns are) "
+            "or parametrization.register_role(...) (anything else)"
         )
     # Keep named_parameters() order.
     order = [fqn for fqn, _ in model.named_parameters()]

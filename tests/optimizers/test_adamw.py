@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import copy
-import io
 
 import pytest
 import torch
+from torch.optim.optimizer import _get_foreach_kernels_supported_devices
 
 from optimizers import AdamW
-from tests.optimizers._state import assert_unchanged, snapshot
+from optimizers.adamw import choose_path
+from tests.optimizers._state import assert_unchanged, resumed_run, snapshot
 
 SHAPES = [(16, 8), (8,), (3, 4, 5), ()]
 
@@ -161,24 +162,9 @@ def _run_sched(opt: AdamW, sched: torch.optim.lr_scheduler.LRScheduler, ps: list
 
 
 def test_state_dict_resume_is_bit_identical_with_lr_scheduler() -> None:
-    ps, opt, sched = _make()
-    _run_sched(opt, sched, ps, range(30))
-
-    ps2, opt2, sched2 = _make()
-    _run_sched(opt2, sched2, ps2, range(12))
-    buf = io.BytesIO()
-    torch.save({"params": [p.detach() for p in ps2], "opt": opt2.state_dict(), "sched": sched2.state_dict()}, buf)
-    buf.seek(0)
-    ckpt = torch.load(buf)
-    ps3, opt3, sched3 = _make(seed=1)  # different initial values, overwritten by the checkpoint
-    with torch.no_grad():
-        for p, saved in zip(ps3, ckpt["params"]):
-            p.copy_(saved)
-    opt3.load_state_dict(ckpt["opt"])
-    sched3.load_state_dict(ckpt["sched"])
-    _run_sched(opt3, sched3, ps3, range(12, 30))
-    assert all(torch.equal(a, b) for a, b in zip(ps, ps3))
-    assert opt3.param_groups[1]["lr"] == opt.param_groups[1]["lr"] != 3e-3  # the scheduler drove every group
+    straight, resumed, opt3 = resumed_run(_make, _run_sched, split=12, total=30)
+    assert all(torch.equal(a, b) for a, b in zip(straight, resumed))
+    assert opt3.param_groups[1]["lr"] == pytest.approx(3e-3 / (1 + 0.1 * 30))  # the scheduler drove every group
 
 
 def test_deepcopy_of_optimizer_continues_identically() -> None:
@@ -361,3 +347,24 @@ def test_fused_refusal_in_a_later_group_leaves_earlier_groups_untouched() -> Non
     with pytest.raises(RuntimeError, match="fused=True"):
         opt.step()
     assert_unchanged(opt, ps, snap)
+
+
+def test_kernel_choice_is_fused_where_allowed_then_foreach_then_single() -> None:
+    f32, i64 = [torch.zeros(2)], [torch.zeros(2, dtype=torch.int64)]
+    # torch has foreach kernels for accelerators only; on a CPU "foreach" falls through to the loop.
+    foreach = "foreach" if "cpu" in _get_foreach_kernels_supported_devices() else "single"
+    assert choose_path(f32, None, None) == "fused"  # the README's default, CPU included
+    assert choose_path(f32, False, None) == "fused"  # foreach=False alone refuses foreach, not fused
+    assert choose_path(f32, True, None) == foreach
+    assert choose_path(f32, None, False) == foreach
+    assert choose_path(f32, False, False) == "single"
+    assert choose_path(i64, None, None) == foreach  # no fused kernel for integer tensors
+    with pytest.raises(RuntimeError, match="fused=True"):
+        choose_path(i64, None, True)
+
+
+def test_defaults_are_the_documented_values() -> None:
+    opt = AdamW([torch.zeros(2, requires_grad=True)])
+    assert opt.defaults == dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False,
+                                maximize=False, decay="lr", foreach=None, fused=None)
+    assert (opt.nonfinite, opt.skipped_steps) == (None, 0)

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import copy
-import io
 import math
 
 import pytest
 import torch
 
 from optimizers import Muon
-from tests.optimizers._state import assert_unchanged, snapshot
+from tests.optimizers._state import assert_unchanged, resumed_run, snapshot
 
 # ---- a plain float64 reference of the documented math (one tensor at a time) ----------------------------
 
@@ -79,6 +78,10 @@ def _set_grads(ps: list[torch.Tensor], step: int) -> list[torch.Tensor]:
     return grads
 
 
+# The defaults the README and the docstring state, written out: the reference never reads them back from Muon.
+DOCUMENTED_DEFAULTS = dict(lr=0.02, momentum=0.95, nesterov=True, weight_decay=0.1, decay="lr", ns_steps=5,
+                           ns_coefficients="quintic", lr_scale="spectral")
+
 MUON_SETTINGS = {
     "defaults": dict(),
     "polar_express_rms_no_nesterov": dict(ns_coefficients="polar_express", lr_scale="match_rms_adamw", nesterov=False, lr=0.005),
@@ -96,7 +99,7 @@ def test_muon_matches_float64_reference(setting: str) -> None:
     adam = torch.optim.AdamW(adam_ps, lr=3e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0, fused=True)
     if kw.get("decay") == "independent":
         adam = None  # covered below: the AdamW-rule half uses the same decay mode
-    group = {**opt.muon_defaults}
+    group = {**DOCUMENTED_DEFAULTS, **kw}
     ref = [t.clone() for t in start[: len(MATRIX_SHAPES)]]
     bufs = [torch.zeros_like(t) for t in ref]
     for step in range(8):
@@ -116,6 +119,15 @@ def test_muon_matches_float64_reference(setting: str) -> None:
             assert torch.equal(p, q)
 
 
+def test_defaults_are_the_documented_values() -> None:
+    opt = Muon([torch.randn(4, 4, requires_grad=True)])
+    assert opt.muon_defaults == DOCUMENTED_DEFAULTS
+    assert opt.adamw_defaults == dict(lr=3e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0, amsgrad=False,
+                                      maximize=False, decay="lr")
+    assert (opt.ns_dtype, opt.ns_method, opt.nonfinite, opt.process_group) == (None, "standard", None, None)
+    assert opt.defaults == dict(lr=0.02, weight_decay=0.1, momentum=0.95)
+
+
 @pytest.mark.parametrize("ns_method", ["gram", "auto"])
 def test_muon_gram_newton_schulz_matches_float64_reference(ns_method: str) -> None:
     start = _tensors(MATRIX_SHAPES, seed=0)
@@ -126,7 +138,7 @@ def test_muon_gram_newton_schulz_matches_float64_reference(ns_method: str) -> No
         grads = _set_grads(ps, step)
         opt.step()
         for i, g in enumerate(grads):
-            ref[i], bufs[i] = ref_muon_step(ref[i], bufs[i], g.float().double(), **opt.muon_defaults)
+            ref[i], bufs[i] = ref_muon_step(ref[i], bufs[i], g.float().double(), **DOCUMENTED_DEFAULTS)
     for p, r in zip(ps, ref):
         assert torch.allclose(p.detach().double(), r, rtol=1e-4, atol=2e-5)
 
@@ -137,7 +149,7 @@ def test_per_group_muon_settings_override_defaults() -> None:
     overrides = dict(lr=0.01, momentum=0.8, nesterov=False, weight_decay=0.3, ns_steps=3,
                      ns_coefficients="polar_express", lr_scale="match_rms_adamw", decay="independent")
     opt = Muon([{"params": ps[:3]}, {"params": ps[3:], **overrides}])
-    settings = [opt.muon_defaults] * 3 + [{**opt.muon_defaults, **overrides}] * (len(ps) - 3)
+    settings = [DOCUMENTED_DEFAULTS] * 3 + [{**DOCUMENTED_DEFAULTS, **overrides}] * (len(ps) - 3)
     ref, bufs = [t.clone() for t in start], [torch.zeros_like(t) for t in start]
     for step in range(4):
         grads = _set_grads(ps, step)
@@ -166,15 +178,82 @@ def test_tensor_lr_gives_the_same_steps_as_float_lr() -> None:
 
 def test_group_without_algorithm_is_split_by_ndim() -> None:
     w, b = torch.randn(8, 4, requires_grad=True), torch.randn(8, requires_grad=True)
-    opt = Muon([{"params": [w, b], "lr": 0.01, "weight_decay": 0.2, "betas": (0.8, 0.9)}],
-               adamw_lr=1e-3, adamw_weight_decay=0.05)
+    opt = Muon([{"params": [w, b], "lr": 0.01, "weight_decay": 0.2, "betas": (0.8, 0.9),
+                 "adamw_lr": 1e-3, "adamw_weight_decay": 0.05}])
     muon_g, adam_g = opt.param_groups
     assert (muon_g["algorithm"], muon_g["params"], muon_g["lr"], muon_g["weight_decay"]) == ("muon", [w], 0.01, 0.2)
     assert (adam_g["algorithm"], adam_g["params"], adam_g["lr"], adam_g["weight_decay"]) == ("adamw", [b], 1e-3, 0.05)
     assert adam_g["betas"] == (0.8, 0.9) and adam_g["eps"] == 1e-8
-    # A split group may override the AdamW half with adamw_* keys.
-    opt2 = Muon([{"params": [w, b], "adamw_lr": 2e-3}])
-    assert opt2.param_groups[1]["lr"] == 2e-3 and "adamw_lr" not in opt2.param_groups[0]
+    assert "adamw_lr" not in muon_g and "betas" not in muon_g and "momentum" not in adam_g
+    # Without lr/weight_decay in the group, the AdamW half takes the optimizer's adamw_* defaults.
+    opt2 = Muon([{"params": [w, b]}], adamw_lr=2e-3, adamw_weight_decay=0.01)
+    assert (opt2.param_groups[1]["lr"], opt2.param_groups[1]["weight_decay"]) == (2e-3, 0.01)
+
+
+def test_vector_only_group_without_algorithm_uses_its_lr_and_weight_decay() -> None:
+    b = torch.randn(8, requires_grad=True)
+    b_ref = b.detach().clone().requires_grad_()
+    opt = Muon([{"params": [b], "lr": 0.1, "weight_decay": 0.5}])
+    assert (opt.param_groups[0]["algorithm"], opt.param_groups[0]["lr"], opt.param_groups[0]["weight_decay"]) == (
+        "adamw", 0.1, 0.5)
+    ref = torch.optim.AdamW([b_ref], lr=0.1, weight_decay=0.5, betas=(0.9, 0.95), eps=1e-8)
+    for t in range(3):
+        g = torch.randn(8, generator=torch.Generator().manual_seed(t))
+        b.grad, b_ref.grad = g, g.clone()
+        opt.step()
+        ref.step()
+    assert torch.allclose(b, b_ref, rtol=0, atol=1e-7)
+
+
+@pytest.mark.parametrize(
+    ("group", "needle"),
+    [
+        ({"lr": 0.1}, "adamw_lr="),  # a Muon lr is not an AdamW lr
+        ({"weight_decay": 0.5}, "adamw_weight_decay="),
+    ],
+)
+def test_mixed_group_setting_lr_or_wd_without_adamw_key_raises(group: dict, needle: str) -> None:
+    w, b = torch.randn(8, 4, requires_grad=True), torch.randn(8, requires_grad=True)
+    with pytest.raises(ValueError, match=needle) as info:
+        Muon([{"params": [w, b], **group}])
+    assert "algorithm='adamw'" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("params", "group", "needle"),
+    [
+        ("vector", {"momentum": 0.9}, "momentum"),
+        ("vector", {"matrix_view": "out_in"}, "matrix_view"),
+        ("vector", {"lr": 0.1, "adamw_lr": 0.2}, "lr"),
+        ("matrix", {"betas": (0.8, 0.9)}, "betas"),
+        ("matrix", {"adamw_lr": 1e-3}, "adamw_lr"),
+    ],
+)
+def test_group_key_no_parameter_would_use_raises(params: str, group: dict, needle: str) -> None:
+    p = torch.randn(8, requires_grad=True) if params == "vector" else torch.randn(8, 4, requires_grad=True)
+    with pytest.raises(ValueError, match=f"{needle}.*drop"):
+        Muon([{"params": [p], **group}])
+
+
+@pytest.mark.parametrize("algorithm", ["muon", "adamw"])
+def test_adamw_prefixed_key_in_a_group_with_algorithm_raises(algorithm: str) -> None:
+    p = torch.randn(8, 4, requires_grad=True)
+    with pytest.raises(ValueError, match="adamw_lr.*Write lr"):
+        Muon([{"params": [p], "algorithm": algorithm, "adamw_lr": 1e-3}])
+
+
+def test_add_param_group_validates_every_value_and_keeps_the_callers_dict() -> None:
+    opt = Muon([torch.randn(4, 4, requires_grad=True)])
+    b = torch.randn(4, requires_grad=True)
+    for bad in ({"params": [b], "lr": -1.0}, {"params": [b], "algorithm": "adamw", "eps": -1.0},
+                {"params": [b], "algorithm": "adamw", "momentum": 1.0}):
+        with pytest.raises(ValueError):
+            opt.add_param_group(bad)
+    assert len(opt.param_groups) == 1
+    group = {"params": [b], "lr": 0.1}
+    opt.add_param_group(group)
+    assert group == {"params": [b], "lr": 0.1}
+    assert opt.param_groups[-1]["lr"] == 0.1
 
 
 def test_explicit_adamw_group_uses_its_own_settings_and_torch_math() -> None:
@@ -285,22 +364,8 @@ def _run(opt, sched, ps, steps) -> None:
 
 
 def test_state_dict_resume_is_bit_identical_with_lr_scheduler() -> None:
-    ps, opt, sched = _make(0)
-    _run(opt, sched, ps, range(8))
-    ps2, opt2, sched2 = _make(0)
-    _run(opt2, sched2, ps2, range(3))
-    buf = io.BytesIO()
-    torch.save({"params": [p.detach() for p in ps2], "opt": opt2.state_dict(), "sched": sched2.state_dict()}, buf)
-    buf.seek(0)
-    ckpt = torch.load(buf)
-    ps3, opt3, sched3 = _make(1)
-    with torch.no_grad():
-        for p, saved in zip(ps3, ckpt["params"]):
-            p.copy_(saved)
-    opt3.load_state_dict(ckpt["opt"])
-    sched3.load_state_dict(ckpt["sched"])
-    _run(opt3, sched3, ps3, range(3, 8))
-    assert all(torch.equal(a, b) for a, b in zip(ps, ps3))
+    straight, resumed, opt3 = resumed_run(_make, _run, split=3, total=8)
+    assert all(torch.equal(a, b) for a, b in zip(straight, resumed))
     # The scheduler drives both rules' lrs.
     assert opt3.param_groups[0]["lr"] == pytest.approx(0.02 / (1 + 0.2 * 8))
     assert opt3.param_groups[1]["lr"] == pytest.approx(3e-4 / (1 + 0.2 * 8))

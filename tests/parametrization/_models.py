@@ -7,6 +7,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from parametrization import register_layout
+
 
 def rope(x: Tensor, theta: float = 10_000.0) -> Tensor:
     """Rotate-half RoPE over the last dim of x [B, H, T, D]; pairs are (i, i + D/2)."""
@@ -134,3 +136,78 @@ class GPT2Like(nn.Module):
         x = self.wte(idx)
         x = x + self.c_proj(F.gelu(self.c_fc(x)))
         return self.lm_head(self.ln_f(x))
+
+
+class ToyExperts(nn.Module):
+    """Fused experts as transformers stores them: ``gate_up_proj [E, 2f, d]``, ``down_proj [E, d, f]``.
+
+    Every token goes through every expert, mixed by softmax router weights (dense, so that every
+    expert's multipliers get a gradient).
+    """
+
+    def __init__(self, d: int, f: int, n_experts: int) -> None:
+        super().__init__()
+        self.gate_up_proj = nn.Parameter(torch.randn(n_experts, 2 * f, d) / d**0.5)
+        self.down_proj = nn.Parameter(torch.randn(n_experts, d, f) / f**0.5)
+
+    def forward(self, x: Tensor, mix: Tensor) -> Tensor:
+        gate, up = torch.einsum("btd,efd->btef", x, self.gate_up_proj).chunk(2, dim=-1)
+        y = torch.einsum("btef,edf->bted", F.silu(gate) * up, self.down_proj)
+        return torch.einsum("bted,bte->btd", y, mix)
+
+
+# Each expert is a matrix: rows on axis 1, columns on axis 2, experts on axis 0.
+register_layout(ToyExperts, param="gate_up_proj", row_dim=1, col_dim=2, batch_dim=0)
+register_layout(ToyExperts, param="down_proj", row_dim=1, col_dim=2, batch_dim=0)
+
+
+class ToyMoE(nn.Module):
+    """Embedding → router + fused experts → norm → head."""
+
+    def __init__(self, vocab: int = 32, d: int = 16, f: int = 24, n_experts: int = 3) -> None:
+        super().__init__()
+        self.wte = nn.Embedding(vocab, d)
+        self.router = nn.Linear(d, n_experts, bias=False)
+        self.experts = ToyExperts(d, f, n_experts)
+        self.norm = nn.RMSNorm(d)
+        self.lm_head = nn.Linear(d, vocab, bias=False)
+
+    def forward(self, idx: Tensor) -> Tensor:
+        x = self.wte(idx)
+        x = x + self.experts(x, self.router(x).softmax(-1))
+        return self.lm_head(self.norm(x))
+
+
+class NeoXLike(nn.Module):
+    """GPT-NeoX's names: a fused ``attention.query_key_value`` projection, ``embed_in``/``embed_out``."""
+
+    class Layer(nn.Module):
+        def __init__(self, d: int) -> None:
+            super().__init__()
+            self.input_layernorm = nn.LayerNorm(d)
+            self.attention = nn.Module()
+            self.attention.query_key_value = nn.Linear(d, 3 * d)
+            self.attention.dense = nn.Linear(d, d)
+            self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
+
+        def forward(self, x: Tensor) -> Tensor:
+            q, k, v = self.attention.query_key_value(self.input_layernorm(x)).chunk(3, dim=-1)
+            att = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            x = x + self.attention.dense(att)
+            return x + self.mlp(x)
+
+    def __init__(self, vocab: int = 32, d: int = 16, n_layer: int = 2) -> None:
+        super().__init__()
+        self.embed_in = nn.Embedding(vocab, d)
+        self.layers = nn.ModuleList([NeoXLike.Layer(d) for _ in range(n_layer)])
+        self.final_layer_norm = nn.LayerNorm(d)
+        self.embed_out = nn.Linear(d, vocab, bias=False)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.embed_out
+
+    def forward(self, idx: Tensor) -> Tensor:
+        x = self.embed_in(idx)
+        for layer in self.layers:
+            x = layer(x)
+        return self.embed_out(self.final_layer_norm(x))

@@ -11,16 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import parametrization as P
+from tests.parametrization._helpers import IDX, perturb_multipliers as _perturb
 from tests.parametrization._models import ConvNet, TinyLM, mlp
-
-IDX = torch.randint(0, 32, (2, 7), generator=torch.Generator().manual_seed(0))
-
-
-def _perturb(mp: P.Parametrization, seed: int) -> None:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in mp.multiplier_parameters():
-            p.copy_(torch.rand(p.shape, generator=g) * 1.5 + 0.25)
 
 
 @settings(max_examples=10)
@@ -97,3 +89,24 @@ def _trunk(model: TinyLM, idx: torch.Tensor) -> torch.Tensor:
     for b in model.blocks:
         x = b(x)
     return x
+
+
+_FOLD_LAYERS = ["wte", "blocks.0.attn.q", "blocks.0.attn.k", "blocks.0.attn.v", "blocks.0.attn.o", "blocks.0.mlp.gate", "blocks.0.mlp.up", "blocks.0.mlp.down", "lm_head"]
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    st.lists(st.sampled_from(["s", "r", "c", "sr", "sc", "rc", "src"]), min_size=len(_FOLD_LAYERS), max_size=len(_FOLD_LAYERS)),
+    st.integers(0, 2**31 - 1),
+    st.sampled_from(["weight", "activation"]),
+)
+def test_fold_equals_the_parametrized_forward_for_any_placement_and_positive_multipliers(letters, seed, compute):
+    torch.manual_seed(seed)
+    model = TinyLM(n_layer=1)
+    mp = P.parametrize(model, dict(zip(_FOLD_LAYERS, letters)), compute=compute)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in mp.multiplier_parameters():
+            p.copy_(torch.exp(torch.randn(p.shape, generator=g)))  # any positive value, spread over e^±3
+    expected = model(IDX)
+    torch.testing.assert_close(mp.fold()(IDX), expected, rtol=1e-4, atol=1e-5)

@@ -14,16 +14,8 @@ from hypothesis import strategies as st
 import parametrization as P
 import parametrization.roles as roles_module
 from parametrization.multipliers import set_compute
+from tests.parametrization._helpers import IDX, perturb_multipliers as _perturb
 from tests.parametrization._models import Conv1D, ConvNet, GPT2Like, TinyLM, mlp
-
-IDX = torch.randint(0, 32, (2, 7), generator=torch.Generator().manual_seed(0))
-
-
-def _perturb(mp: P.Parametrization, seed: int = 0) -> None:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in mp.multiplier_parameters():
-            p.copy_(torch.rand(p.shape, generator=g) + 0.5)
 
 
 @settings(max_examples=10)

@@ -10,7 +10,8 @@ import torch
 import torch.nn as nn
 
 import parametrization as P
-from tests.parametrization._models import TinyLM, mlp
+from tests.parametrization._helpers import IDX, perturb_multipliers
+from tests.parametrization._models import NeoXLike, TinyLM, mlp
 
 
 def _snapshot(model: nn.Module):
@@ -149,3 +150,79 @@ def test_reference_gpt_roles_identity_and_fold(tied):
     mp.fold()
     torch.testing.assert_close(model(idx), expected, rtol=1e-5, atol=1e-5)
     assert list(model.state_dict()) == list(plain.state_dict())
+
+
+@pytest.mark.parametrize("compute", ["weight", "activation"])
+@pytest.mark.parametrize("head", ["", "s", "r", "c", "rc", "src"])
+def test_mup_scales_the_logits_by_one_over_m_exactly_once_whatever_the_head_multipliers(head, compute):
+    torch.manual_seed(0)
+    model = TinyLM(d=32)
+    plain = copy.deepcopy(model)
+    mp = P.parametrize(model, {"*.q": "rc", "lm_head": head or "none"}, base_width=8, compute=compute)
+    assert mp.width.head == 4.0
+    torch.testing.assert_close(model(IDX), plain(IDX) / 4.0, rtol=1e-5, atol=1e-6)
+
+
+def _muon_steps(model: nn.Module, mp: P.Parametrization, steps: int = 3) -> None:
+    optimizers = pytest.importorskip("optimizers")
+    opt = optimizers.Muon(mp.param_groups("muon", lr=0.02, weight_decay=0.1))
+    for step in range(steps):
+        torch.manual_seed(step)
+        opt.zero_grad()
+        model(torch.randint(0, 32, (2, 6))).square().mean().backward()
+        mp.clip_grad_norm_(1.0)
+        opt.step()
+
+
+def test_a_layer_frozen_before_parametrize_gets_frozen_multipliers_and_keeps_its_w_eff():
+    torch.manual_seed(0)
+    model = NeoXLike()
+    qkv = model.layers[0].attention.query_key_value
+    qkv.requires_grad_(False)
+    mp = P.parametrize(model)
+    assert not qkv.weight_mult_row.requires_grad and not qkv.weight_mult_col.requires_grad
+    names = [n for g in mp.param_groups("muon", lr=0.02) for n in g["param_names"]]
+    assert not any(n.startswith("layers.0.attention.query_key_value.") for n in names)
+    before = qkv.weight.detach().clone()
+    other = model.layers[1].attention.query_key_value.weight.detach().clone()
+    _muon_steps(model, mp)
+    assert torch.equal(qkv.weight, before)
+    assert not torch.equal(model.layers[1].attention.query_key_value.weight, other)
+
+
+def test_a_weight_frozen_after_parametrize_keeps_its_w_eff_because_its_multipliers_leave_the_groups():
+    torch.manual_seed(0)
+    model = NeoXLike()
+    mp = P.parametrize(model)
+    qkv = model.layers[0].attention.query_key_value
+    P.raw_weight(qkv).requires_grad_(False)  # module.weight is W_eff, a computed tensor
+    names = [n for g in mp.param_groups("muon", lr=0.02) for n in g["param_names"]]
+    assert "layers.0.attention.query_key_value.weight_mult_row" not in names
+    assert "layers.0.attention.query_key_value.bias" in names  # only the frozen weight's own multipliers leave
+    before = qkv.weight.detach().clone()
+    _muon_steps(model, mp)
+    assert torch.equal(qkv.weight, before)
+
+
+def test_deepcopy_of_the_handle_is_bound_to_a_copy_of_the_model():
+    torch.manual_seed(0)
+    model = TinyLM()
+    mp = P.parametrize(model)
+    perturb_multipliers(mp)
+    mp2 = copy.deepcopy(mp)
+    assert mp2.model is not model and torch.equal(mp2.model(IDX), model(IDX))
+    own = {id(p) for p in mp2.model.parameters()}
+    assert all(id(p) in own for g in mp2.param_groups("muon", lr=0.02) for p in g["params"])
+    assert mp2.roles == mp.roles and mp2.placements == mp.placements
+    with torch.no_grad():
+        mp2.multiplier_parameters()[0].mul_(2.0)
+    assert not torch.equal(mp2.model(IDX), model(IDX))  # independent
+    mp2.fold()
+    assert P.is_multiplied(model.blocks[0].attn.q) and not P.is_multiplied(mp2.model.blocks[0].attn.q)
+
+
+def test_parametrizing_a_copy_of_a_parametrized_model_says_to_deepcopy_the_handle():
+    model = TinyLM()
+    P.parametrize(model)
+    with pytest.raises(ValueError, match=r"copy\.deepcopy\(mp\)"):
+        P.parametrize(copy.deepcopy(model))

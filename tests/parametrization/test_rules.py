@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import parametrization as P
-from tests.parametrization._models import TinyLM, mlp
+from tests.parametrization._models import Conv1D, ConvNet, GPT2Like, TinyLM, ToyMoE, mlp
 
 
 def _by_role(groups):
@@ -30,9 +30,12 @@ def test_groups_partition_parameters_and_keep_non_matrices_off_muon(placement, o
     assert len(keys) == len(groups)  # identical settings share a group
     assert len(groups) <= 5
     for g in groups:
-        assert set(g) == {"params", "algorithm", "lr", "weight_decay", "betas", "eps", "role"}
+        base = {"params", "param_names", "algorithm", "lr", "weight_decay", "betas", "eps", "role"}
+        assert set(g) == (base | {"lr_scale", "matrix_view"} if g["algorithm"] == "muon" else base)
+        assert g["param_names"] == [n for p in g["params"] for n, q in model.named_parameters() if q is p]
         if g["algorithm"] == "muon":
             assert g["role"] == "matrix" and all(p.ndim >= 2 for p in g["params"])
+            assert g["lr_scale"] == "match_rms_adamw" and g["matrix_view"] == "out_in"
         if optimizer == "adamw":
             assert g["algorithm"] == "adamw"
     n_mult = sum(p.numel() for g in groups if g["role"] == "multiplier" for p in g["params"])
@@ -66,7 +69,7 @@ def test_overrides_by_role_and_glob():
     mp = P.parametrize(TinyLM())
     groups = mp.param_groups(
         "muon", lr=0.02,
-        rules={"vector": {"lr": 1e-4}, "*.mlp.down.weight": {"algorithm": "adamw", "lr_scale": 0.5, "betas": (0.8, 0.9)}},
+        rules={"vector": {"lr": 1e-4}, "*.mlp.down.weight": {"algorithm": "adamw", "lr_factor": 0.5, "betas": (0.8, 0.9)}},
     )
     g = _by_role(groups)
     assert g["vector"][0]["lr"] == 1e-4
@@ -101,7 +104,14 @@ def test_groups_work_with_torch_adamw_and_sgd():
     model(torch.randint(0, 32, (2, 5))).square().mean().backward()
     opt.step()
     assert all(not torch.equal(before[n], p) for n, p in model.named_parameters() if p.grad is not None)
-    torch.optim.SGD(mp.param_groups("adamw", lr=1e-3), lr=1e-3).step()
+    groups = mp.param_groups("adamw", lr=1e-3, weight_decay=0.0, rules={"vector": {"lr": 1e-2}})
+    sgd = torch.optim.SGD(groups, lr=1.0)
+    before = {id(p): p.detach().clone() for p in model.parameters()}
+    sgd.step()  # plain SGD: p ← p − lr·grad with each group's own lr
+    for g in groups:
+        for p in g["params"]:
+            torch.testing.assert_close(p, before[id(p)] - g["lr"] * p.grad)
+    assert {g["role"]: g["lr"] for g in sgd.param_groups}["vector"] == 1e-2
 
 
 def _grads(model: nn.Module, seed: int) -> None:
@@ -150,3 +160,91 @@ def test_summary_lists_every_group_and_the_multiplier_share():
     total = sum(p.numel() for p in mp.model.parameters())
     share = 100 * sum(p.numel() for p in mp.multiplier_parameters()) / total
     assert f"({share:.3f}%)" in text
+
+
+def test_role_entries_apply_before_glob_entries_whatever_the_dict_order():
+    mp = P.parametrize(TinyLM())
+    for rules in ({"*.mlp.down.weight": {"lr": 1e-4}, "matrix": {"lr": 5e-3}}, {"matrix": {"lr": 5e-3}, "*.mlp.down.weight": {"lr": 1e-4}}):
+        lrs = {n: g["lr"] for g in mp.param_groups("adamw", lr=1e-3, rules=rules) for n in g["param_names"]}
+        assert lrs["blocks.0.mlp.down.weight"] == 1e-4
+        assert lrs["blocks.0.mlp.up.weight"] == 5e-3
+
+
+def test_a_later_glob_entry_wins_over_an_earlier_one():
+    mp = P.parametrize(TinyLM())
+    rules = {"*.mlp.*.weight": {"lr": 1e-4, "weight_decay": 0.3}, "*.mlp.down.weight": {"lr": 2e-4}}
+    got = {n: (g["lr"], g["weight_decay"]) for g in mp.param_groups("adamw", lr=1e-3, rules=rules) for n in g["param_names"]}
+    assert got["blocks.1.mlp.down.weight"] == (2e-4, 0.3) and got["blocks.1.mlp.up.weight"] == (1e-4, 0.3)
+
+
+def test_defaults_follow_lr_and_every_adamw_group_has_the_documented_betas_and_eps():
+    mp = P.parametrize(TinyLM())
+    groups = mp.param_groups("muon", lr=0.01)
+    got = {g["role"]: (g["algorithm"], g["lr"], g["weight_decay"]) for g in groups}
+    assert got == {
+        "matrix": ("muon", 0.01, 0.1), "embedding": ("adamw", 0.01, 0.1), "head": ("adamw", 0.01, 0.1),
+        "vector": ("adamw", 0.01, 0.0), "multiplier": ("adamw", 0.01, 2e-3),
+    }
+    assert all((g["betas"], g["eps"]) == ((0.9, 0.95), 1e-8) for g in groups if g["algorithm"] == "adamw")
+    assert {g["role"]: g["lr"] for g in mp.param_groups("muon", lr=0.01, adamw_lr=3e-3)}["multiplier"] == 3e-3
+
+
+def test_muon_groups_carry_match_rms_adamw_by_default_and_the_lr_scale_asked_for():
+    mp = P.parametrize(TinyLM())
+    assert {g.get("lr_scale") for g in mp.param_groups("muon", lr=0.01) if g["algorithm"] == "muon"} == {"match_rms_adamw"}
+    groups = mp.param_groups("muon", lr=0.02, lr_scale="spectral", adamw_lr=3e-3)
+    assert {g["lr_scale"] for g in groups if g["algorithm"] == "muon"} == {"spectral"}
+    assert all("lr_scale" not in g and "matrix_view" not in g for g in groups if g["algorithm"] == "adamw")
+
+
+@pytest.mark.parametrize("lr_scale", ["spectral", "none"])
+def test_an_lr_scale_other_than_match_rms_adamw_requires_adamw_lr(lr_scale):
+    mp = P.parametrize(TinyLM())
+    with pytest.raises(ValueError, match="adamw_lr"):
+        mp.param_groups("muon", lr=0.02, lr_scale=lr_scale)
+
+
+@pytest.mark.parametrize("kwargs, match", [(dict(optimizer="adamw", lr_scale="spectral"), "lr_scale"), (dict(lr_scale="muP"), "lr_scale")])
+def test_bad_lr_scale_raises(kwargs, match):
+    mp = P.parametrize(TinyLM())
+    with pytest.raises(ValueError, match=match):
+        mp.param_groups(lr=0.02, adamw_lr=1e-3, **kwargs)
+
+
+def test_old_lr_scale_rules_key_raises_pointing_to_lr_factor():
+    mp = P.parametrize(TinyLM())
+    with pytest.raises(ValueError, match="lr_factor"):
+        mp.param_groups("adamw", lr=1e-3, rules={"vector": {"lr_scale": 0.5}})
+
+
+def _views(mp) -> dict[str, str]:
+    return {n: g["matrix_view"] for g in mp.param_groups("muon", lr=0.02) if g["algorithm"] == "muon" for n in g["param_names"]}
+
+
+def test_muon_groups_say_how_each_layout_is_read_as_matrices(monkeypatch):
+    import parametrization.roles as roles_module
+
+    monkeypatch.setitem(roles_module._LAYOUTS, (Conv1D, "weight"), P.WeightLayout(1, 0))
+    assert set(_views(P.parametrize(GPT2Like())).items()) == {("c_fc.weight", "in_out"), ("c_proj.weight", "in_out")}
+    assert _views(P.parametrize(ConvNet())) == {"conv1.weight": "conv", "conv2.weight": "conv", "up.weight": "conv_transposed"}
+    assert _views(P.parametrize(TinyLM(n_layer=1)))["blocks.0.attn.q.weight"] == "out_in"
+
+
+def test_parameters_of_different_matrix_views_land_in_different_groups():
+    mp = P.parametrize(ToyMoE())
+    groups = [g for g in mp.param_groups("muon", lr=0.02) if g["algorithm"] == "muon"]
+    assert sorted((g["matrix_view"], tuple(g["param_names"])) for g in groups) == [
+        ("batch_out_in", ("experts.gate_up_proj", "experts.down_proj")),
+        ("out_in", ("router.weight",)),
+    ]
+
+
+def test_a_matrix_of_unknown_layout_gets_the_shape_rule_view():
+    class Raw(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w3 = nn.Parameter(torch.ones(2, 3, 4))
+            self.w2 = nn.Parameter(torch.ones(3, 4))
+
+    mp = P.parametrize(Raw(), roles={"w*": "matrix"})
+    assert _views(mp) == {"w3": "batch_out_in", "w2": "out_in"}

@@ -5,12 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn as nn
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import optimizers
 import parametrization as P
-from tests.parametrization._models import Attention, MLP
+from tests.parametrization._helpers import IDX, perturb_multipliers
+from tests.parametrization._models import MLP, Attention, TinyLM
 
 seeds = st.integers(0, 2**31 - 1)
 
@@ -121,3 +122,39 @@ def test_qk_multiplier_ratio_drifts_without_weight_decay_and_stays_bounded_with_
     decayed = _drift_trace(2e-3)
     assert free[-1] > 0.25 and free[-1] > free[0] + 0.15, free  # log(|r_Q|/|r_K|) keeps drifting
     assert max(decayed) < 0.5 * free[-1], (decayed, free)
+
+
+_LAYERS = ["wte", "blocks.0.attn.q", "blocks.0.attn.o", "blocks.0.mlp.up", "blocks.0.mlp.down", "lm_head"]
+
+
+@settings(max_examples=25, deadline=None)
+@given(seeds, st.sampled_from(_LAYERS), st.sampled_from([("s", "r"), ("s", "c"), ("r", "c")]), st.floats(0.1, 10.0), st.sampled_from(["weight", "activation"]))
+def test_trading_scale_between_two_multipliers_of_one_layer_leaves_the_output_unchanged(seed, layer, pair, a, compute):
+    """W_eff = s·diag(r)·W·diag(c) is unchanged by s→a·s, r→r/a; s→a·s, c→c/a; r→a·r, c→c/a."""
+    torch.manual_seed(seed)
+    model = TinyLM(n_layer=1)
+    mp = P.parametrize(model, {layer: "src"}, compute=compute)
+    perturb_multipliers(mp, seed)
+    module = model.get_submodule(layer)
+    before = model(IDX)
+    up, down = (getattr(module, {"s": "weight_mult_scalar", "r": "weight_mult_row", "c": "weight_mult_col"}[k]) for k in pair)
+    with torch.no_grad():
+        up.mul_(a)
+        down.div_(a)
+    torch.testing.assert_close(model(IDX), before, rtol=1e-4, atol=1e-5)
+
+
+@settings(max_examples=15, deadline=None)
+@given(seeds, st.lists(st.floats(0.1, 10.0), min_size=16, max_size=16))
+def test_value_rows_and_output_columns_trade_scale_per_feature(seed, alphas):
+    """Attention is linear in V: r_V → α⊙r_V, c_O → c_O/α (per feature) leaves the block's output unchanged."""
+    torch.manual_seed(seed)
+    model = TinyLM(n_layer=1)
+    mp = P.parametrize(model, {"*.attn.v": "r", "*.attn.o": "c"})
+    perturb_multipliers(mp, seed)
+    before = model(IDX)
+    alpha = torch.tensor(alphas)
+    with torch.no_grad():
+        model.blocks[0].attn.v.weight_mult_row.mul_(alpha)
+        model.blocks[0].attn.o.weight_mult_col.div_(alpha)
+    torch.testing.assert_close(model(IDX), before, rtol=1e-4, atol=1e-5)

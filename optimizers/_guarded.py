@@ -1,4 +1,5 @@
-"""Gradient checks that run before an optimizer touches any parameter or state."""
+"""The guarded optimizer base: checks of gradients and state that run before any parameter or state is
+touched, so a step that raises leaves everything as it was."""
 
 from __future__ import annotations
 
@@ -11,10 +12,42 @@ from torch.optim import Optimizer
 
 
 def param_label(group_index: int, index: int, group: dict, param: Tensor) -> str:
-    """A readable name: the param name when the group was built from named parameters."""
+    """``parameter 'name' (shape ...)`` when the group carries ``param_names``, else
+    ``parameter (group g, index i, shape ...)``."""
     names = group.get("param_names")
-    name = f"{names[index]!r} " if names is not None and index < len(names) else ""
-    return f"parameter {name}(group {group_index}, index {index}, shape {tuple(param.shape)})"
+    if names is not None and index < len(names):
+        return f"parameter {names[index]!r} (shape {tuple(param.shape)})"
+    return f"parameter (group {group_index}, index {index}, shape {tuple(param.shape)})"
+
+
+def check_state_matches_params(
+    optimizer: Optimizer, keys: Sequence[str], *, same_dtype: bool, algorithm: str | None = None
+) -> None:
+    """Raise ``RuntimeError`` when a state tensor under ``keys`` of a parameter with a gradient differs from
+    the parameter in shape, device or (``same_dtype``) dtype, before any kernel can half-run on it.
+
+    The usual cause is converting or moving the model (``model.to(torch.bfloat16)``) after the optimizer
+    has stepped. ``algorithm``, when given, limits the check to groups with that ``algorithm`` key.
+    """
+    for gi, group in enumerate(optimizer.param_groups):
+        if algorithm is not None and group.get("algorithm", algorithm) != algorithm:
+            continue
+        for pi, p in enumerate(group["params"]):
+            if p.grad is None or p not in optimizer.state:
+                continue
+            st = optimizer.state[p]
+            for key in keys:
+                t = st.get(key)
+                if t is None:
+                    continue
+                if t.shape != p.shape or t.device != p.device or (same_dtype and t.dtype != p.dtype):
+                    raise RuntimeError(
+                        f"optimizer state {key!r} of {param_label(gi, pi, group, p)} is {t.dtype} on {t.device} "
+                        f"with shape {tuple(t.shape)}, but the parameter is {p.dtype} on {p.device}: was the "
+                        "model converted or moved after the optimizer stepped? Call "
+                        "optimizer.load_state_dict(optimizer.state_dict()) to cast the state to the parameters, "
+                        "or build the optimizer after converting the model. Nothing was modified."
+                    )
 
 
 def first_nonfinite(grads: Sequence[Tensor]) -> int | None:
