@@ -27,13 +27,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .multipliers import multiplier_names
 from .roles import Role, WeightLayout, weight_layout
 
 __all__ = ["MULTIPLIER_KINDS", "equilibrium_rms", "update_rms", "quantile_ratio", "row_col_norms", "stats", "multiplier_scales"]
 
 MULTIPLIER_KINDS = ("scalar", "row", "col")
-"""Suffixes of the multiplier parameters of ``module.<param>``: ``<param>_mult_scalar`` (s),
-``<param>_mult_row`` (r), ``<param>_mult_col`` (c)."""
+"""The multipliers ``s``, ``r``, ``c`` as named in :func:`stats` entries (``mult_row_mean``, ...)."""
 
 _STAT_ROLES = (Role.MATRIX, Role.EMBEDDING, Role.HEAD)
 
@@ -131,11 +131,12 @@ def stats(mp: Any, optimizer: Any = None) -> dict[str, dict[str, Any]]:
         module_name, _, pname = fqn.rpartition(".")
         module = model.get_submodule(module_name) if module_name else model
         layout = weight_layout(module, pname) or WeightLayout()
-        w_eff = getattr(module, pname)
+        w_eff = getattr(module, pname)  # W_eff for a multiplied parameter, W otherwise
         entry: dict[str, Any] = {"role": role, "equilibrium_rms": math.nan}
         out[fqn] = entry
         rows, cols = row_col_norms(w_eff, layout)
-        mults = [(kind, params.get(f"{fqn}_mult_{kind}")) for kind in MULTIPLIER_KINDS]
+        names_of = multiplier_names(pname)
+        mults = [(kind, module._parameters.get(name)) for kind, name in zip(MULTIPLIER_KINDS, names_of)]
         mults = [(k, m) for k, m in mults if m is not None]
         pieces = {
             "rms_w": p.detach().float().square().mean().sqrt(),

@@ -257,10 +257,12 @@ def build_optimizer(mp: Any, cfg: TrainConfig) -> torch.optim.Optimizer:
     """``optimizers.AdamW`` or ``optimizers.Muon`` over ``mp.param_groups(...)``, with
     ``cfg.optimizer_kwargs`` as extra constructor arguments."""
     extra = dict(cfg.optimizer_kwargs or {})
+    muon_only = {"lr_scale": cfg.muon_lr_scale} if cfg.optimizer == "muon" else {}
     groups = mp.param_groups(
         optimizer=cfg.optimizer,
         lr=cfg.lr,
         weight_decay=cfg.weight_decay,
+        **muon_only,  # the groups carry Muon's shape rule; the constructor's is only a default
         adamw_lr=cfg.adamw_lr,
         multiplier_lr=cfg.multiplier_lr,
         multiplier_weight_decay=cfg.multiplier_weight_decay,

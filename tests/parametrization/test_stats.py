@@ -76,8 +76,10 @@ def test_stats_match_a_hand_computed_matrix():
 )
 def test_equilibrium_is_read_from_the_weights_current_group(optimizer, kwargs, expected):
     mp = _hand_case()
-    groups = mp.param_groups(optimizer=optimizer, lr=0.02, weight_decay=0.5)
-    opt = optimizers.AdamW(groups, **kwargs) if optimizer == "adamw" else optimizers.Muon(groups, **kwargs)
+    if optimizer == "adamw":
+        opt = optimizers.AdamW(mp.param_groups(optimizer="adamw", lr=0.02, weight_decay=0.5), **kwargs)
+    else:
+        opt = optimizers.Muon(mp.param_groups(optimizer="muon", lr=0.02, weight_decay=0.5, adamw_lr=0.02, **kwargs))
     assert mp.stats(opt)["hidden.weight"]["equilibrium_rms"] == pytest.approx(expected)
     for g in opt.param_groups:  # a schedule halving the lr moves the prediction by 1/sqrt(2)
         g["lr"] = g["lr"] / 2

@@ -214,7 +214,7 @@ def test_build_optimizer_hands_the_config_to_every_group(optimizer):
     assert all(g["decay"] == "independent" for g in opt.param_groups)  # optimizer_kwargs reach the optimizer
     if optimizer == "muon":
         assert by_role["matrix"]["lr_scale"] == "match_rms_adamw"
-        other = build_optimizer(mp, _cfg(optimizer="muon", muon_lr_scale="spectral"))
+        other = build_optimizer(mp, _cfg(optimizer="muon", muon_lr_scale="spectral", adamw_lr=3e-3))
         assert {g["lr_scale"] for g in other.param_groups if g["algorithm"] == "muon"} == {"spectral"}
 
 
