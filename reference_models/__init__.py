@@ -1,4 +1,4 @@
-"""Reference models, data and the training loop used by every benchmark."""
+"""Reference models, data and the training loop of the benchmarks."""
 
 from .data import VOCAB_SIZE, ByteCorpus, load_corpus_bytes, stdlib_files
 from .gpt import GPT, GPTConfig

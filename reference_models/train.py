@@ -1,4 +1,4 @@
-"""The one training loop every benchmark uses.
+"""The training loop of every benchmark that trains to a loss.
 
 Construction is factored so a caller can wrap the model (DDP, FSDP2, ``torch.compile``) between
 building it and building the optimizer::
