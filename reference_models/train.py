@@ -29,7 +29,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
@@ -154,6 +154,15 @@ class TrainConfig:
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
             raise ValueError(f"TrainConfig.betas must be two numbers in [0, 1), got {self.betas!r}")
         self.betas = (float(self.betas[0]), float(self.betas[1]))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as plain values; ``optimizer_kwargs`` values that are not numbers, strings
+        or ``None`` (a process group) are replaced by their ``repr``."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        plain = (int, float, str, bool, type(None))
+        if self.optimizer_kwargs is not None:
+            out["optimizer_kwargs"] = {k: v if isinstance(v, plain) else repr(v) for k, v in self.optimizer_kwargs.items()}
+        return out
 
     @property
     def lr_times_wd_times_steps(self) -> float:
@@ -450,7 +459,7 @@ class Trainer:
             "rng": rng,
             "train_loss": list(self.train_loss),
             "val_loss": [list(v) for v in self.val_loss],
-            "config": json.dumps(asdict(self.cfg), default=repr),
+            "config": json.dumps(self.cfg.to_dict(), default=repr),
         }
 
     def save(self, path: str | os.PathLike[str]) -> None:
@@ -560,7 +569,7 @@ class Trainer:
             wall_s=time.perf_counter() - start,
             steps=self.step,
             device=str(self.device),
-            config=asdict(cfg),
+            config=cfg.to_dict(),
         )
 
 

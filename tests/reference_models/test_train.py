@@ -252,3 +252,9 @@ def test_stats_are_logged_to_the_metrics_when_asked(corpus, tmp_path):
     lr_now = 3e-3 * 0.1  # the lr at the end of the schedule (min_lr_ratio 0.1); Muon with match_rms_adamw: ρ = 0.2
     assert entry["role"] == "matrix" and entry["equilibrium_rms"] == pytest.approx(0.2 * math.sqrt(lr_now / (2 * 0.1)), rel=1e-6)
     assert {"rms_w", "rms_w_eff", "row_norm_spread", "col_norm_spread", "mult_row_min"} <= set(entry)
+
+
+def test_optimizer_kwargs_with_an_object_are_recorded_by_repr():
+    marker = object()
+    cfg = _cfg(optimizer_kwargs={"process_group": marker, "nonfinite": "skip"})
+    assert cfg.to_dict()["optimizer_kwargs"] == {"process_group": repr(marker), "nonfinite": "skip"}
