@@ -26,10 +26,10 @@ from typing import Any
 if __package__ in (None, ""):  # run as `python benchmarks/<script>.py`: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from rich.console import Console
-from rich.table import Table
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
 
-from reference_models import ByteCorpus, GPTConfig, TrainConfig
+from reference_models import ByteCorpus, GPTConfig, TrainConfig  # noqa: E402
 from benchmarks._harness import (  # noqa: E402
     ARMS,
     RunRecord,
