@@ -186,11 +186,12 @@ def _forward(p: dict[str, Any], base: TrainConfig, corpus: ByteCorpus, arms: lis
     return dict(table=table, compare=compare, runs=[r.to_dict(curve_points=20) for r in records])
 
 
-def _transfer_arms(optimizers_: list[str]) -> list[tuple[str, Arm, bool]]:
+def _transfer_arms(optimizers_: list[str], only: list[str] | None = None) -> list[tuple[str, Arm, bool]]:
+    """``(label, arm, muP?)`` per optimizer: SP, muP, muP + multipliers (``only``: kinds to keep)."""
     out = []
     for opt in optimizers_:
         out += [(f"{opt} SP", ARMS[opt], False), (f"{opt} muP", ARMS[opt], True), (f"{opt} muP+mult", ARMS[f"{opt}+mult"], True)]
-    return out
+    return [a for a in out if only is None or a[0].split(" ", 1)[1] in only]
 
 
 def _transfer(p: dict[str, Any], base: TrainConfig, corpus: ByteCorpus, workers: int, console: Console,
@@ -199,7 +200,7 @@ def _transfer(p: dict[str, Any], base: TrainConfig, corpus: ByteCorpus, workers:
                           "warmup_steps": min(base.warmup_steps, p["transfer_steps"])})
     w0 = p["widths"][0]
     jobs = []
-    for label, arm, mup in _transfer_arms(p["transfer_optimizers"]):
+    for label, arm, mup in _transfer_arms(p["transfer_optimizers"], p.get("transfer_arms")):
         for width in p["widths"]:
             cfg = GPTConfig.preset(p["model"], **{**p["model_overrides"], "d_model": width})
             for lr in p["lrs"]:
@@ -217,7 +218,7 @@ def _transfer(p: dict[str, Any], base: TrainConfig, corpus: ByteCorpus, workers:
         by.setdefault((kw["setting"]["arm"], kw["setting"]["width"], kw["lr"]), []).append(rec.final_val_loss)
     xs = [math.log2(lr) for lr in p["lrs"]]
     result: dict[str, Any] = {}
-    for label, _, _ in _transfer_arms(p["transfer_optimizers"]):
+    for label, _, _ in _transfer_arms(p["transfer_optimizers"], p.get("transfer_arms")):
         per_width = {}
         for width in p["widths"]:
             ys = [mean_spread(by[(label, width, lr)])[0] for lr in p["lrs"]]
@@ -256,6 +257,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--data", default="stdlib")
     parser.add_argument("--arms", default=",".join(ARMS), help="forward sweep arms, subset of " + ",".join(ARMS))
     parser.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")])
+    parser.add_argument("--transfer-arms", type=lambda s: s.split(","), help="subset of SP,muP,muP+mult")
+    parser.add_argument("--widths", type=lambda s: [int(x) for x in s.split(",")], help="transfer widths, e.g. 32,64,128")
     parser.add_argument("--workers", type=int)
     parser.add_argument("--out", default="results/hparam_sensitivity.json")
     parser.add_argument("--no-progress", action="store_true")
@@ -263,6 +266,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = dict(PRESETS[args.preset])
     if args.seeds is not None:
         p["seeds"] = args.seeds
+    if args.transfer_arms is not None:
+        bad = sorted(set(args.transfer_arms) - {"SP", "muP", "muP+mult"})
+        if bad:
+            raise SystemExit(f"--transfer-arms: unknown {bad}; choose from SP, muP, muP+mult")
+        p["transfer_arms"] = args.transfer_arms
+    if args.widths is not None:
+        p["widths"] = args.widths
     console = Console(width=None if Console().is_terminal else 200)
     corpus = ByteCorpus.load(args.data)
     base = TrainConfig(steps=p["steps"], warmup_steps=p["warmup_steps"], batch_size=p["batch_size"], seq_len=p["seq_len"],
