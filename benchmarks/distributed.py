@@ -5,7 +5,7 @@
 Every rank takes its own batches (rank ``r`` of ``W`` reads batch ``step·W + r``), so the global
 batch is ``W × --batch-size``. Backend: NCCL when CUDA is available (one GPU per rank), else gloo on
 CPU. Muon under FSDP2 orthogonalizes whole matrices with the work split over the ranks
-(``optimizers._distributed``); under DDP ``--ddp-newton-schulz split`` (default) does the same with
+(``optimizers.distributed``); under DDP ``--ddp-newton-schulz split`` (default) does the same with
 an all-gather of the updates, ``redundant`` makes every rank orthogonalize every matrix. Rank 0
 prints a table and writes JSON (``--json``). The loop itself is :class:`reference_models.train.Trainer`.
 """

@@ -3,8 +3,9 @@
 from .adamw import AdamW
 from .lr_scale import LR_SCALE_RULES, lr_scale
 from .matrix_view import MATRIX_VIEWS, matrix_fans
-from .muon import Muon, orthogonalize_updates
+from .muon import Muon
 from .newton_schulz import NS_COEFFICIENTS, newton_schulz, newton_schulz_flops
+from .orthogonalize import orthogonalize_updates
 
 __all__ = [
     "AdamW",

@@ -1,8 +1,10 @@
 """Shape-dependent learning-rate scale for Muon's orthogonalized update.
 
 Muon's update ``O`` has every singular value ≈ 1, so its size depends only on the matrix shape. Each rule
-multiplies the group lr by a factor of the orthogonalized matrix's ``fan_out`` (rows, dim 0 of a
-``Linear`` weight) and ``fan_in`` (columns; ``in·kh·kw`` for a conv kernel flattened to 2-D):
+multiplies the group lr by a factor of the layer's ``fan_out`` (output features: dim 0 of a ``Linear``
+weight) and ``fan_in`` (input features; ``in·kh·kw`` for a conv kernel), as the group's ``matrix_view``
+defines them (:func:`optimizers.matrix_view.matrix_fans`; a transposed weight has the same fans as the
+``Linear`` it stands for):
 
 * ``"spectral"`` (default): ``sqrt(max(1, fan_out / fan_in))`` — Keller Jordan's rule, torch.optim.Muon's
   ``"original"``. Depends only on the aspect ratio, so one lr transfers across width.

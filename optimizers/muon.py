@@ -19,8 +19,10 @@ Which matrices ``O`` is computed on, and their (fan_out, fan_in), is the group's
 * ≥4-D (a conv kernel ``[out, in, kh, kw]``): the matrix ``(out, in·kh·kw)``, fan_out = out,
   fan_in = in·kh·kw.
 
-Every step gathers the updates of all Muon groups and hands them to :func:`orthogonalize_updates`, which
-stacks same-shaped matrices (tall ones transposed to wide first) into one batched Newton–Schulz call.
+Every step gathers the updates of all Muon groups and hands them to
+:func:`optimizers.distributed.orthogonalize_distributed`, which (for plain tensors without a process group)
+calls :func:`optimizers.orthogonalize.orthogonalize_updates`: same-shaped matrices (tall ones transposed to
+wide first) stacked into one batched Newton–Schulz call.
 Groups with ``algorithm="adamw"`` take the AdamW rule through torch's fused AdamW kernel (see
 :mod:`optimizers.adamw`). A group without ``algorithm`` is split by ``ndim``: ≥ 2-D → Muon, else → AdamW
 with the ``adamw_*`` settings (see :class:`Muon` for which keys such a group may set).
@@ -38,13 +40,16 @@ import torch
 from torch import Tensor
 
 from . import _validation as V
-from ._guarded import GuardedOptimizer, check_state_matches_params, param_label
+from ._guarded import GuardedOptimizer, check_state_matches_params
 from .adamw import ADAMW_GROUP_DEFAULTS, ADAMW_STATE_KEYS, adamw_group_update, check_adamw_group, choose_path
 from .lr_scale import LR_SCALE_RULES, lr_scale
+from .distributed import orthogonalize_distributed
 from .matrix_view import as_matrices, check_matrix_view, matrix_fans
-from .newton_schulz import NS_METHODS, check_coefficients, default_ns_dtype, newton_schulz
+from .newton_schulz import NS_METHODS, check_coefficients
+from .orthogonalize import coefficients_key as _coefficients_key
+from .orthogonalize import orthogonalize_updates
 
-__all__ = ["Muon", "matrix_fans", "muon_momentum", "orthogonalize_updates"]
+__all__ = ["Muon", "advance_momentum", "matrix_fans", "muon_momentum", "orthogonalize_updates"]
 
 ALGORITHMS = ("muon", "adamw")
 
@@ -88,84 +93,6 @@ def _is_dtensor(t: Tensor) -> bool:
     from torch.distributed.tensor import DTensor
 
     return isinstance(t, DTensor)
-
-
-def orthogonalize_updates(
-    updates: list[Tensor],
-    *,
-    steps: int,
-    coefficients: str | Sequence[Sequence[float]],
-    dtype: torch.dtype | None,
-    group: Any = None,
-    method: Literal["standard", "gram", "auto"] = "standard",
-) -> list[Tensor]:
-    """Newton–Schulz of every update, batching same-shaped matrices into one call.
-
-    Each update is a matrix ``[m, n]`` or a batch ``[k, m, n]``; updates are read, never modified. Tall
-    matrices are transposed to the wide orientation first, so e.g. 2048×512 and 512×2048 share a batch.
-    Results are in the compute dtype (``dtype``, or bf16 on CUDA / fp32 elsewhere), one per update, in
-    order. If any update is a ``DTensor`` the whole list goes to
-    ``optimizers._distributed.orthogonalize_dtensors`` (same signature); with a process ``group``
-    (DDP: the same updates on every rank) to ``optimizers._distributed.orthogonalize_replicated``,
-    which gives each rank ~1/W of the matrices and all-gathers the results.
-
-    ``method`` picks the local Newton–Schulz variant (see :func:`optimizers.newton_schulz`); ``"auto"``
-    uses ``"gram"`` for matrices with long side ≥ 2× the short side when computing in fp32/fp64, else
-    ``"standard"``.
-    """
-    if any(_is_dtensor(u) for u in updates):
-        from ._distributed import orthogonalize_dtensors  # lazy: only needed for sharded updates
-
-        return orthogonalize_dtensors(updates, steps=steps, coefficients=coefficients, dtype=dtype, method=method)
-    if group is not None:
-        from ._distributed import orthogonalize_replicated
-
-        return orthogonalize_replicated(
-            updates, group=group, steps=steps, coefficients=coefficients, dtype=dtype, method=method
-        )
-
-    wide: list[Tensor] = []
-    buckets: dict[tuple[Any, ...], list[int]] = {}
-    for i, u in enumerate(updates):
-        if u.ndim not in (2, 3):
-            raise ValueError(f"updates[{i}] must be [m, n] or [k, m, n], got shape {tuple(u.shape)}")
-        w = u.mT if u.shape[-2] > u.shape[-1] else u
-        wide.append(w)
-        buckets.setdefault((tuple(w.shape[-2:]), u.device, u.dtype), []).append(i)
-
-    out: list[Tensor | None] = [None] * len(updates)
-    for (mn, _, _), idx in buckets.items():
-        if len(idx) == 1:
-            batch = wide[idx[0]]
-        else:
-            batch = torch.cat([wide[i].reshape(-1, *mn) for i in idx])
-        # A fresh stack is ours, so NS may normalize it in place; a lone update is read only.
-        result = newton_schulz(
-            batch, steps=steps, coefficients=coefficients, dtype=dtype,
-            method=_resolve_method(method, mn, batch, dtype), _overwrite_input=len(idx) > 1,
-        )
-        if len(idx) == 1:
-            pieces = [result]
-        else:
-            pieces = list(result.split([wide[i].reshape(-1, *mn).shape[0] for i in idx]))
-        for i, piece in zip(idx, pieces):
-            piece = piece.reshape(wide[i].shape)
-            out[i] = piece.mT if updates[i].shape[-2] > updates[i].shape[-1] else piece
-    return out  # type: ignore[return-value]
-
-
-def _resolve_method(method: str, mn: tuple[int, ...], batch: Tensor, dtype: torch.dtype | None) -> str:
-    if method != "auto":
-        return method
-    compute = default_ns_dtype(batch.device) if dtype is None else dtype
-    m, n = mn  # wide: m <= n
-    return "gram" if compute in (torch.float32, torch.float64) and n >= 2 * m else "standard"
-
-
-def _coefficients_key(coefficients: Any) -> Any:
-    if isinstance(coefficients, str):
-        return coefficients
-    return tuple(tuple(float(v) for v in abc) for abc in coefficients)
 
 
 def check_muon_group(group: dict[str, Any]) -> None:
@@ -324,9 +251,17 @@ class Muon(GuardedOptimizer):
                 out["param_names"] = [names[i] for i in idx]
             return out
 
+        def example(idx: list[int]) -> str:
+            return _new_label(names, idx[0], params[idx[0]])
+
         if not params:
             return [self._filled(part([], group), "muon")]
-        example = lambda idx: _new_label(names, idx[0], params[idx[0]])  # noqa: E731
+        both = [k for k in ("betas", "eps") if k in written and f"adamw_{k}" in written]
+        if both:
+            raise ValueError(
+                f"a param group without 'algorithm' sets both {both[0]} and adamw_{both[0]}; they name the same "
+                "AdamW setting: write one"
+            )
         adamw_keys = {k for k in written if k in ADAMW_ONLY_KEYS or k.startswith("adamw_")}
         if not mats:
             unused = sorted(written & MUON_ONLY_KEYS) + sorted(
@@ -462,9 +397,9 @@ class Muon(GuardedOptimizer):
             pending.setdefault(key, []).extend((group, p, u) for p, u in zip(params, updates))
         results: list[tuple[dict[str, Any], Tensor, Tensor]] = []
         for (steps, coefficients), items in pending.items():
-            orthogonal = orthogonalize_updates(
+            orthogonal = orthogonalize_distributed(
                 [as_matrices(u, g.get("matrix_view")) for g, _, u in items], steps=steps,
-                coefficients=coefficients, dtype=self.ns_dtype, group=self.process_group, method=self.ns_method,
+                coefficients=coefficients, dtype=self.ns_dtype, process_group=self.process_group, method=self.ns_method,
             )
             results.extend((g, p, o) for (g, p, _), o in zip(items, orthogonal))
 
@@ -518,3 +453,6 @@ def _recheck(group: dict[str, Any]) -> None:
     if group.get("algorithm") == "adamw":
         V.check_betas("betas", group["betas"])
         V.check_nonnegative("eps", group["eps"])
+    elif group.get("matrix_view") is not None:
+        for i, p in enumerate(group["params"]):
+            check_matrix_view(group["matrix_view"], p.ndim, _new_label(group.get("param_names"), i, p))

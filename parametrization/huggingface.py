@@ -21,7 +21,9 @@ What the ``Trainer`` gets wrong on a parametrized model, and what this module do
   :func:`save_folded` writes the plain, folded model (``from_pretrained`` loads it exactly)
   without touching the training model; :func:`load_unfolded` (or
   ``trainer.train(resume_from_checkpoint=...)`` on a model parametrized the same way) resumes
-  an unfolded checkpoint with its multipliers.
+  an unfolded checkpoint with its multipliers. For models that transformers saves under legacy
+  keys (Mixtral's experts), the ``Trainer``'s resume skips those tensors (plain models too):
+  call :func:`load_unfolded` first, then ``train(resume_from_checkpoint=...)``.
 """
 
 from __future__ import annotations
@@ -218,6 +220,12 @@ def load_unfolded(mp: Parametrization, checkpoint_dir: str | os.PathLike[str]) -
     ``model.safetensors`` or a sharded ``model.safetensors.index.json`` are read; keys the
     checkpoint drops because they are tied to another loaded key are not missing.
 
+    transformers ≥ 5 saves some models under their legacy keys (e.g. Mixtral's fused experts as
+    per-expert ``block_sparse_moe.experts.N.w1.weight``) and converts them back in
+    ``from_pretrained``. Such a checkpoint is read through ``type(model).from_pretrained`` (a
+    second, temporary copy of the model in CPU memory) for the weights, and the multipliers are
+    matched to the names ``save_pretrained`` gave them.
+
     Raises:
         ValueError: the checkpoint has keys the model lacks (typically multipliers where this
             model has none: parametrize with the same ``multipliers=``), lacks keys the model
@@ -225,7 +233,6 @@ def load_unfolded(mp: Parametrization, checkpoint_dir: str | os.PathLike[str]) -
             the model is then unchanged.
     """
     from safetensors import safe_open
-    from safetensors.torch import load_file
 
     folder = os.fspath(checkpoint_dir)
     if os.path.isfile(os.path.join(folder, _SAFE_INDEX)):
@@ -238,28 +245,46 @@ def load_unfolded(mp: Parametrization, checkpoint_dir: str | os.PathLike[str]) -
     model = mp.model
     expected = model.state_dict()
     shapes: dict[str, tuple[int, ...]] = {}
+    where: dict[str, str] = {}
     for name in files:
         with safe_open(os.path.join(folder, name), framework="pt") as f:
-            shapes.update({k: tuple(f.get_slice(k).get_shape()) for k in f.keys()})
-    keys = set(shapes)
-    unexpected = sorted(k for k in keys if k not in expected)
+            for k in f.keys():
+                shapes[k], where[k] = tuple(f.get_slice(k).get_shape()), name
+    if set(shapes) <= set(expected):
+        _load_same_keys(model, folder, files, expected, shapes)
+    else:
+        _load_converted(model, folder, expected, shapes, where)
+    return mp
+
+
+def _check_keys(folder: str, expected: Mapping[str, Tensor], shapes: Mapping[str, tuple[int, ...]]) -> None:
+    """Raise before anything is loaded if ``shapes`` (checkpoint key → shape) does not fit ``expected``."""
+    unexpected = sorted(k for k in shapes if k not in expected)
     if unexpected:
         raise ValueError(
             f"checkpoint {folder!r} has keys the model lacks, e.g. {unexpected[:3]}; parametrize the model "
             "exactly as the run that saved it (same multipliers=, roles=) before load_unfolded"
         )
-    missing = _missing_untied(expected, keys)
+    missing = _missing_untied(expected, set(shapes))
     if missing:
         raise ValueError(
             f"checkpoint {folder!r} lacks {len(missing)} of the model's keys, e.g. {missing[:3]}; it was saved "
             "from a different model or parametrization"
         )
-    wrong = [f"{k}: {shapes[k]} vs {tuple(expected[k].shape)}" for k in sorted(keys) if shapes[k] != tuple(expected[k].shape)]
+    wrong = [f"{k}: {s} vs {tuple(expected[k].shape)}" for k, s in sorted(shapes.items()) if s != tuple(expected[k].shape)]
     if wrong:
         raise ValueError(
             f"checkpoint {folder!r} has {len(wrong)} tensors whose shape differs from the model's "
             f"(checkpoint vs model), e.g. {wrong[:3]}; build the model from the checkpoint's config"
         )
+
+
+def _load_same_keys(
+    model: nn.Module, folder: str, files: list[str], expected: Mapping[str, Tensor], shapes: Mapping[str, tuple[int, ...]]
+) -> None:
+    from safetensors.torch import load_file
+
+    _check_keys(folder, expected, shapes)
     done: set[str] = set()
     for name in files:  # one shard in memory at a time
         shard = load_file(os.path.join(folder, name))
@@ -269,7 +294,58 @@ def load_unfolded(mp: Parametrization, checkpoint_dir: str | os.PathLike[str]) -
         shard.update({k: current[k] for k in done if k not in shard and multiplied_fqn(k) is not None})
         model.load_state_dict(shard, strict=False)
         done.update(shard)
-    return mp
+
+
+def _load_converted(
+    model: nn.Module, folder: str, expected: Mapping[str, Tensor], shapes: Mapping[str, tuple[int, ...]], where: Mapping[str, str]
+) -> None:
+    """A checkpoint whose keys transformers renamed or split on save: weights via ``from_pretrained``."""
+    from safetensors import safe_open
+    from transformers.utils import logging as hf_logging
+
+    if not hasattr(type(model), "from_pretrained"):
+        _check_keys(folder, expected, shapes)  # raises: the keys differ and nothing can convert them
+    mult_keys = [k for k in expected if multiplied_fqn(k) is not None]
+    saved_as = _saved_names(model, mult_keys)  # model key → checkpoint key
+    multipliers = {m: d for m, d in saved_as.items() if d in shapes}
+    # Weights and everything else: transformers' own conversion, into a temporary plain model.
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # its load report would list the multipliers as unexpected
+    try:
+        plain, info = type(model).from_pretrained(folder, config=model.config, output_loading_info=True)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    # transformers reports them under the model's names or the checkpoint's, depending on its version
+    unexpected = sorted(set(info["unexpected_keys"]) - set(multipliers) - set(multipliers.values()))
+    if unexpected or info["missing_keys"] or info["mismatched_keys"]:
+        raise ValueError(
+            f"checkpoint {folder!r} does not fit {type(model).__name__}: unexpected {unexpected[:3]}, missing "
+            f"{sorted(info['missing_keys'])[:3]}, other shape {list(info['mismatched_keys'])[:3]}; parametrize the "
+            "model exactly as the run that saved it (same multipliers=, roles=) and build it from the same config"
+        )
+    weights = plain.state_dict()
+    converted = {k: tuple(v.shape) for k, v in weights.items()}
+    converted.update({m: shapes[d] for m, d in multipliers.items()})
+    _check_keys(folder, expected, converted)
+    model.load_state_dict(weights, strict=False)  # multipliers of these weights are set to 1 here
+    del plain, weights
+    loaded: dict[str, Tensor] = {}
+    for m, d in multipliers.items():
+        with safe_open(os.path.join(folder, where[d]), framework="pt") as f:
+            loaded[m] = f.get_tensor(d)
+    model.load_state_dict(loaded, strict=False)
+
+
+def _saved_names(model: nn.Module, keys: list[str]) -> dict[str, str]:
+    """Model key → the key ``save_pretrained`` writes it under (transformers ≥ 5 renames some)."""
+    try:
+        from transformers.core_model_loading import revert_weight_conversion
+    except ImportError:  # transformers < 5: keys are saved as they are
+        return {k: k for k in keys}
+    probes = {k: torch.empty(0) for k in keys}  # distinct objects, followed through the renaming
+    by_id = {id(t): k for k, t in probes.items()}
+    reverted = revert_weight_conversion(model, dict(probes))
+    return {by_id[id(t)]: saved for saved, t in reverted.items() if id(t) in by_id}
 
 
 def _missing_untied(expected: Mapping[str, Tensor], loaded: set[str]) -> list[str]:

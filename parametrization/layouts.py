@@ -44,6 +44,8 @@ Llama-4 ``Llama4TextExperts``                   matrix,     ``[E, in, out]`` rea
                                                 batch 0     (not decorated with ``is_transposed``)
 RecurrentGemma ``*_gate_weight``                matrix,     per-head block-diagonal gates
                                                 batch 0     ``[H, in, out]`` read by ``baddbmm``
+Zamba ``x_proj_weight``, ``dt_proj_weight``     matrix,     per-head projections ``[H, out, in]``
+                                                batch 0     read by ``W[:, None] @ h``
 ==============================================  ==========  =============================================
 
 A fused experts tensor in a module *without* the ``is_transposed`` flag is not guessed from its
@@ -56,7 +58,7 @@ from __future__ import annotations
 import torch.nn as nn
 from torch import Tensor
 
-from .roles import _LAYOUT_RULES, _ROLE_RULES, Role, WeightLayout, register_layout
+from .roles import _LAYOUT_RULES, _ROLE_RULES, Role, WeightLayout, register_layout, weight_layout
 
 __all__ = ["EXPERT_PARAMS", "TOKEN_PARAMS", "SSM_VECTOR_PARAMS", "symmetry_free"]
 
@@ -108,8 +110,8 @@ def _is_depthwise(module: nn.Module) -> bool:
 def _family_role(module: nn.Module, param: str, p: Tensor) -> Role | None:
     if param == "weight" and _is_depthwise(module):
         return Role.VECTOR
-    if param in ("weight", "in_proj_weight") or p.ndim <= 1:
-        return None  # a module's own weight is its layout's business; ≤1-D is vector anyway
+    if p.ndim <= 1 or weight_layout(module, param) is not None:
+        return None  # ≤1-D is vector anyway; a parameter with a known layout is a matrix
     if param.endswith("bias"):
         return Role.VECTOR
     if param in SSM_VECTOR_PARAMS and "A_log" in module._parameters:
@@ -128,6 +130,8 @@ register_layout(nn.MultiheadAttention, param="in_proj_weight", row_dim=0, col_di
 register_layout("transformers.models.jetmoe.modeling_jetmoe.JetMoeParallelExperts", row_dim=1, col_dim=2, batch_dim=0)
 for _p in ("gate_up_proj", "down_proj"):
     register_layout("transformers.models.llama4.modeling_llama4.Llama4TextExperts", param=_p, row_dim=2, col_dim=1, batch_dim=0)
+for _p in ("x_proj_weight", "dt_proj_weight"):
+    register_layout("transformers.models.zamba.modeling_zamba.ZambaMambaMixer", param=_p, row_dim=1, col_dim=2, batch_dim=0)
 for _p in ("input_gate_weight", "recurrent_gate_weight"):
     register_layout(
         "transformers.models.recurrent_gemma.modeling_recurrent_gemma.RecurrentGemmaRglru", param=_p, row_dim=2, col_dim=1, batch_dim=0

@@ -147,7 +147,8 @@ class Parametrization:
             lr: learning rate of matrices (Muon's lr, or AdamW's base-width lr).
             weight_decay: decoupled weight decay of matrices, embeddings and the head.
             lr_scale: Muon's shape rule, written into every Muon group (``optimizer="muon"``
-                only): ``"match_rms_adamw"`` (default), ``"spectral"`` or ``"none"``.
+                only): ``"match_rms_adamw"`` (default; ``"spectral"`` under muP), ``"spectral"``
+                or ``"none"``.
             adamw_lr: lr of the AdamW-side roles (embedding, head, vector). Default ``lr``, with
                 ``optimizer="adamw"`` or ``lr_scale="match_rms_adamw"``; required otherwise.
             multiplier_lr: lr of the multipliers; default ``adamw_lr``.
@@ -176,7 +177,8 @@ class Parametrization:
             optimizer=optimizer, lr=lr, weight_decay=weight_decay, lr_scale=lr_scale, adamw_lr=adamw_lr,
             multiplier_lr=multiplier_lr, multiplier_weight_decay=multiplier_weight_decay, betas=betas, eps=eps, rules=rules,
         )
-        groups = build_param_groups(self._trainable(), **kwargs)  # type: ignore[arg-type]
+        default_lr_scale = "spectral" if self.width is not None else "match_rms_adamw"
+        groups = build_param_groups(self._trainable(), default_lr_scale=default_lr_scale, **kwargs)  # type: ignore[arg-type]
         self._last_group_kwargs = kwargs
         return groups
 
@@ -238,13 +240,16 @@ class Parametrization:
         """Print (and return) a rich table: role, tensors, parameters, algorithm, lr, wd.
 
         Settings come from ``param_group_kwargs`` (the arguments of :meth:`param_groups`), else
-        from the last :meth:`param_groups` call, else the defaults. The caption gives the share
+        from the last :meth:`param_groups` call, else the defaults (under muP with ``adamw_lr``
+        equal to the default ``lr``). The caption gives the share
         of multiplier parameters in the model (≪ 1% for real models).
         """
         from rich.console import Console
         from rich.table import Table
 
         kwargs = param_group_kwargs or self._last_group_kwargs or {}
+        if not kwargs and self.width is not None:
+            kwargs = {"adamw_lr": 0.02}  # muP's spectral default asks for adamw_lr; show lr's default
         groups = self.param_groups(**kwargs)
         total = sum(p.numel() for _, p in self.model.named_parameters())
         n_mult = sum(p.numel() for p in self.multiplier_parameters())

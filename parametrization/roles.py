@@ -60,13 +60,15 @@ class Role(str, Enum):
     """The kind of a parameter, which decides its optimizer rule."""
 
     EMBEDDING = "embedding"
-    """Token or position embedding tables (looked up by index)."""
+    """Token or position embedding tables (looked up by index), and learned rows added to or
+    concatenated with the input sequence (ViT class/distillation tokens, position tables)."""
     HEAD = "head"
     """The output / unembedding matrix, tied to the embedding or not."""
     MATRIX = "matrix"
     """Every other ≥2-D weight: attention, MLP, convolutions seen as matrices."""
     VECTOR = "vector"
-    """Norm weights, biases and other ≤1-D parameters."""
+    """Norm weights, biases and other ≤1-D parameters, plus per-channel tensors of any shape
+    (SSM ``A_log``, depthwise conv kernels, stacked expert biases)."""
     MULTIPLIER = "multiplier"
     """A learnable multiplier inserted by :func:`parametrization.parametrize`."""
 

@@ -26,7 +26,9 @@ Reasons:
   from the module's registered layout). ``adamw_lr`` defaults to ``lr`` only where that is right:
   with ``optimizer="adamw"``, and with ``lr_scale="match_rms_adamw"`` (Muon's lr is then an
   AdamW-equivalent lr, Liu et al. 2025). With ``lr_scale="spectral"`` or ``"none"`` Muon's lr is
-  on another scale, so ``adamw_lr`` must be given (omitting it raises);
+  on another scale, so ``adamw_lr`` must be given (omitting it raises). Under muP (``base_width``)
+  the default ``lr_scale`` is ``"spectral"``, the scale that keeps Muon's update width-invariant
+  without any 1/m factor (:mod:`parametrization.mup`), so there ``adamw_lr`` is always given;
 * ``multiplier_lr`` defaults to ``adamw_lr``: multipliers are vector-like, initialized at 1 like
   norm weights, and the paper gives no value for its main runs (its scalar-multiplier MLP test
   used 1e-2 without decay).
@@ -272,8 +274,11 @@ def build_param_groups(
     betas: tuple[float, float] = (0.9, 0.95),
     eps: float = 1e-8,
     rules: Mapping[str, Mapping[str, Any]] | None = None,
+    default_lr_scale: LrScale = DEFAULT_LR_SCALE,
 ) -> list[dict[str, Any]]:
     """The param groups of ``params`` under the rule table (arguments as ``Parametrization.param_groups``).
+
+    ``default_lr_scale`` is used when ``lr_scale`` is ``None`` (``"spectral"`` under muP).
 
     Muon groups (``algorithm="muon"``) also carry ``lr_scale`` and ``matrix_view``.
 
@@ -294,13 +299,14 @@ def build_param_groups(
         if lr_scale is not None:
             raise ValueError(f"lr_scale={lr_scale!r} is Muon's shape rule; with optimizer='adamw' leave it out")
     else:
+        why = ""
         if lr_scale is None:
-            lr_scale = DEFAULT_LR_SCALE
+            lr_scale, why = default_lr_scale, " (the default with muP's base_width)" if default_lr_scale != DEFAULT_LR_SCALE else ""
         if lr_scale not in LR_SCALE_RULES:
             raise ValueError(f"lr_scale must be one of {list(LR_SCALE_RULES)}, got {lr_scale!r}")
         if adamw_lr is None and lr_scale != "match_rms_adamw":
             raise ValueError(
-                f"with lr_scale={lr_scale!r} Muon's lr ({lr}) is not an AdamW lr, so adamw_lr (the lr of "
+                f"with lr_scale={lr_scale!r}{why} Muon's lr ({lr}) is not an AdamW lr, so adamw_lr (the lr of "
                 "embeddings, head, vectors and multipliers) has no default: pass adamw_lr=..., or use "
                 "lr_scale='match_rms_adamw' to share one lr"
             )

@@ -1,4 +1,4 @@
-"""Tests for ``optimizers/_distributed.py``: whole-matrix orthogonalization of sharded updates."""
+"""Tests for ``optimizers/distributed.py``: whole-matrix orthogonalization of sharded updates."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from optimizers._distributed import assign_owners, chunk_sizes, orthogonalize_replicated
+from optimizers.distributed import assign_owners, chunk_sizes, orthogonalize_replicated
 from tests.distributed._harness import scenario_results
-from tests.distributed._scenarios import PRIMITIVE_CASES, polar
+from tests.distributed._primitives import PRIMITIVE_CASES, polar
 
 TOL = 1e-5
 
@@ -29,6 +29,34 @@ def test_assign_owners_load_is_within_one_item_of_even(costs, world):
     assert all(0 <= o < world for o in owners) and len(owners) == len(costs)
     load = [sum(c for c, o in zip(costs, owners) if o == r) for r in range(world)]
     assert max(load) <= sum(costs) / world + max(costs, default=0)
+
+
+@given(costs=st.lists(st.integers(0, 1000), max_size=30), world=st.integers(1, 5))
+def test_assign_owners_balances_cost_not_count(costs, world):
+    # Greedy largest-first: each rank's cheapest item went to it when it had the least load, so
+    # without that item the rank carries no more than the lightest rank. Balancing by matrix count
+    # (round-robin) breaks this as soon as costs differ.
+    owners = assign_owners(costs, world)
+    load = [sum(c for c, o in zip(costs, owners) if o == r) for r in range(world)]
+    for r in range(world):
+        mine = [c for c, o in zip(costs, owners) if o == r]
+        if mine:
+            assert load[r] - min(mine) <= min(load), (costs, owners)
+
+
+def test_assign_owners_gives_one_large_matrix_a_rank_of_its_own():
+    # Matrix-count round-robin would put 100 and 1 together (101 vs 2); by cost the 100 is alone.
+    costs = [100, 1, 1, 1]
+    owners = assign_owners(costs, 2)
+    assert [sum(c for c, o in zip(costs, owners) if o == r) for r in range(2)] in ([100, 3], [3, 100])
+
+
+def test_owner_costs_are_newton_schulz_flops():
+    from optimizers import newton_schulz_flops
+    from optimizers.distributed import _cost
+
+    assert _cost((3, 8, 32)) == 3 * newton_schulz_flops(8, 32)
+    assert _cost((32, 8)) == newton_schulz_flops(8, 32)
 
 
 @given(n=st.integers(0, 30), world=st.integers(1, 5))
@@ -107,7 +135,7 @@ def _polar_list(mats):
 
 
 def test_orthogonalize_dtensors_treats_plain_tensors_locally():
-    from optimizers._distributed import orthogonalize_dtensors
+    from optimizers.distributed import orthogonalize_dtensors
 
     x = [torch.randn(3, 5), torch.randn(2, 4, 3)]
     for o, xi in zip(orthogonalize_dtensors(x, orthogonalize=_polar_list), x):
@@ -117,3 +145,29 @@ def test_orthogonalize_dtensors_treats_plain_tensors_locally():
 def test_orthogonalize_replicated_rejects_vectors_with_value_error():
     with pytest.raises(ValueError, match=r"updates\[1\]"):
         orthogonalize_replicated([torch.randn(2, 2), torch.randn(3)], orthogonalize=_polar_list)
+
+
+def test_orthogonalize_distributed_uses_the_hook_for_local_updates():
+    from optimizers.distributed import orthogonalize_distributed
+
+    seen = []
+
+    def hook(mats):
+        seen.extend(tuple(m.shape) for m in mats)
+        return _polar_list(mats)
+
+    x = [torch.randn(3, 5), torch.randn(4, 2)]
+    out = orthogonalize_distributed(x, orthogonalize=hook)
+    assert seen == [(3, 5), (4, 2)]
+    for o, xi in zip(out, x):
+        torch.testing.assert_close(o, polar(xi))
+
+
+def test_orthogonalize_distributed_default_is_the_local_batched_newton_schulz():
+    from optimizers import orthogonalize_updates
+    from optimizers.distributed import orthogonalize_distributed
+
+    x = [torch.randn(6, 4), torch.randn(4, 6)]
+    kw = dict(steps=3, coefficients="polar_express", dtype=torch.float64, method="standard")
+    for o, e in zip(orthogonalize_distributed(x, **kw), orthogonalize_updates(x, **kw)):
+        assert torch.equal(o, e)

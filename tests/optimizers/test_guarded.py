@@ -59,7 +59,7 @@ def test_muon_step_that_fails_in_newton_schulz_changes_nothing(monkeypatch: pyte
     def fail(*args, **kwargs):
         raise torch.OutOfMemoryError("simulated")
 
-    monkeypatch.setattr(optimizers.muon, "orthogonalize_updates", fail)
+    monkeypatch.setattr(optimizers.muon, "orthogonalize_distributed", fail)
     with pytest.raises(torch.OutOfMemoryError):
         opt.step()
     assert_unchanged(opt, ps, snap)  # momentum buffers and the AdamW-rule half included

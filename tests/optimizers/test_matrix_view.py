@@ -114,3 +114,17 @@ def test_batch_view_with_several_leading_axes_is_one_matrix_per_entry() -> None:
         for j in range(3):
             expected = -newton_schulz(g[i, j], steps=5, coefficients="quintic", dtype=torch.float32)
             assert torch.allclose(d[i, j], expected, atol=1e-6)
+
+
+def test_a_view_edited_after_construction_is_checked_before_the_step_writes_anything() -> None:
+    from tests.optimizers._state import assert_unchanged, snapshot
+
+    w, b = torch.randn(6, 4, requires_grad=True), torch.randn(4, requires_grad=True)
+    opt = Muon([{"params": [("w", w)], "algorithm": "muon"}, {"params": [("b", b)], "algorithm": "adamw", "weight_decay": 0.1}])
+    w.grad, b.grad = torch.randn(6, 4), torch.randn(4)
+    snap = snapshot(opt, [w, b])
+    opt.param_groups[0]["matrix_view"] = "conv"
+    with pytest.raises(ValueError, match="'w'"):
+        opt.step()
+    del opt.param_groups[0]["matrix_view"]  # the snapshot's groups have no such key
+    assert_unchanged(opt, [w, b], snap)

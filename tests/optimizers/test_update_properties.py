@@ -231,7 +231,7 @@ def test_state_dict_into_a_fresh_optimizer_continues_bit_identically_at_any_step
 
 @settings(max_examples=20)
 @given(kind=st.sampled_from(["muon", "adamw"]), before=st.integers(0, 3),
-       failure=st.sampled_from(["nan", "inf", "sparse", "negative_lr", "nan_lr", "bad_beta", "dtype"]),
+       failure=st.sampled_from(["nan", "inf", "sparse", "negative_lr", "nan_lr", "bad_beta", "dtype", "view"]),
        which=st.integers(0, len(SHAPES) - 1))
 def test_a_step_that_raises_leaves_every_parameter_and_state_tensor_unchanged(kind, before, failure, which) -> None:
     ps, opt, sched = _maker(kind)(0)
@@ -252,6 +252,10 @@ def test_a_step_that_raises_leaves_every_parameter_and_state_tensor_unchanged(ki
     elif failure == "bad_beta":
         group["momentum" if group.get("algorithm") == "muon" else "betas"] = (
             1.5 if group.get("algorithm") == "muon" else (0.9, 1.5))
+    elif failure == "view":
+        if group.get("algorithm") != "muon":
+            return  # only Muon groups read a matrix view
+        group["matrix_view"] = "in_out" if target.ndim == 3 else "conv"  # edited after construction, wrong ndim
     elif failure == "dtype":
         if before == 0 or (kind == "muon" and target.ndim >= 2):
             return  # no AdamW state yet / Muon momentum may differ in dtype: no failure to provoke

@@ -302,3 +302,65 @@ def test_trainer_resume_of_an_unfolded_checkpoint_continues_exactly(tmp_path):
     outside = P.parametrize(_llama())  # resume outside the Trainer: load_unfolded
     load_unfolded(outside, tmp_path / "checkpoint-4")
     assert all(torch.equal(v, outside.model.state_dict()[k]) for k, v in end.items())
+
+
+# transformers 5 saves Mixtral's fused experts under legacy per-expert keys and renames mlp →
+# block_sparse_moe (multipliers included); from_pretrained converts back.
+
+
+def _mixtral() -> torch.nn.Module:
+    torch.manual_seed(0)
+    cfg = transformers.MixtralConfig(num_hidden_layers=1, hidden_size=32, intermediate_size=64,
+                                     num_attention_heads=2, num_key_value_heads=1, vocab_size=VOCAB,
+                                     num_local_experts=4, num_experts_per_tok=2, bos_token_id=0, eos_token_id=0)
+    return transformers.MixtralForCausalLM(cfg)
+
+
+def test_load_unfolded_reads_a_checkpoint_saved_under_converted_keys(tmp_path):
+    mp = P.parametrize(_mixtral().eval())
+    _perturb_multipliers(mp)
+    with torch.no_grad():
+        for p in mp.model.parameters():
+            p.add_(0.01)
+    mp.model.save_pretrained(tmp_path / "unfolded")
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "unfolded" / "model.safetensors"), "pt") as f:
+        on_disk = set(f.keys())
+    expert_multipliers = [k for k in mp.roles if ".experts." in k and mp.roles[k] == "multiplier"]
+    assert expert_multipliers and not set(expert_multipliers) & on_disk  # saved under other names
+
+    fresh = P.parametrize(_mixtral().eval())
+    load_unfolded(fresh, tmp_path / "unfolded")
+    assert all(torch.equal(v, fresh.model.state_dict()[k]) for k, v in mp.model.state_dict().items())
+
+    other = P.parametrize(_mixtral(), multipliers="none")
+    state = {k: v.clone() for k, v in other.model.state_dict().items()}
+    with pytest.raises(ValueError, match="multipliers="):
+        load_unfolded(other, tmp_path / "unfolded")
+    assert all(torch.equal(v, state[k]) for k, v in other.model.state_dict().items())
+
+    save_folded(mp, tmp_path / "folded")
+    reloaded, info = transformers.MixtralForCausalLM.from_pretrained(tmp_path / "folded", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    x = torch.randint(0, VOCAB, (2, 8))
+    assert torch.equal(_logits(reloaded.eval(), x), _logits(copy.deepcopy(mp).fold(), x))
+
+
+def test_moe_resume_needs_load_unfolded_before_the_trainer_loads(tmp_path):
+    """The Trainer's own resume loads the checkpoint's keys as they are: converted ones are skipped."""
+
+    def run(resume=None, preload=False):
+        mp = P.parametrize(_mixtral())
+        if preload:
+            load_unfolded(mp, resume)
+        args = _args(tmp_path, max_steps=3, save_strategy="steps", save_steps=2)  # step 1 runs at lr 0 (warmup)
+        _trainer(mp, args, [ClipGradNormCallback(mp, max_norm=0.5)]).train(resume_from_checkpoint=resume)
+        return mp.model.state_dict()
+
+    end = {k: v.clone() for k, v in run().items()}
+    ckpt = str(tmp_path / "checkpoint-2")
+    alone = run(ckpt)
+    assert not all(torch.equal(v, alone[k]) for k, v in end.items())  # transformers' resume misses the experts
+    resumed = run(ckpt, preload=True)
+    assert all(torch.equal(v, resumed[k]) for k, v in end.items())

@@ -135,7 +135,7 @@ def test_model_zoo(name, tmp_path):
     frozen_before = {k: v.detach().clone() for k, v in frozen.state_dict().items()}
     frozen_eff = {n: getattr(frozen, n).detach().clone() for n, _ in frozen.named_parameters(recurse=False) if "_mult_" not in n}
 
-    groups = mp.param_groups("muon", lr=1e-2, weight_decay=0.1)
+    groups = mp.param_groups("muon", lr=1e-2, weight_decay=0.1, lr_scale="match_rms_adamw")
     name_of = {id(p): fqn for fqn, p in model.named_parameters()}
     grouped = [name_of[id(p)] for g in groups for p in g["params"]]
     trainable = [fqn for fqn, p in model.named_parameters() if p.requires_grad]
@@ -153,7 +153,7 @@ def test_model_zoo(name, tmp_path):
     carried = sum(p.numel() for fqn, p in muon if fqn in mp.placements)
     assert carried >= 0.9 * sum(p.numel() for _, p in muon), f"{carried} of the Muon-bound elements carry multipliers"
 
-    opt = Muon(groups, lr_scale="match_rms_adamw")
+    opt = Muon(groups)
     model.train()
     for _ in range(3):
         loss = _loss(_logits(model, inputs))
@@ -233,6 +233,15 @@ def test_transposed_experts_follow_the_is_transposed_flag():
     assert experts.gate_up_proj_mult_col.shape == (E, hidden)
     assert mp.roles["model.layers.0.mlp.experts.gate_up_proj_bias"] == "vector"
     assert mp.roles["model.layers.0.mlp.router.weight"] == "matrix"
+    views = {n: g["matrix_view"] for g in mp.param_groups("muon") if g["algorithm"] == "muon" for n in g["param_names"]}
+    assert views["model.layers.0.mlp.experts.gate_up_proj"] == "batch_in_out"
+    assert views["model.layers.0.mlp.router.weight"] == "out_in"
+    assert _views(_build("mixtral"))["model.layers.0.mlp.experts.down_proj"] == "batch_out_in"
+
+
+def _views(model: nn.Module) -> dict[str, str]:
+    groups = P.parametrize(model).param_groups("muon")
+    return {n: g["matrix_view"] for g in groups if g["algorithm"] == "muon" for n in g["param_names"]}
 
 
 def test_a_multipliers_glob_may_ask_for_experts():
@@ -267,6 +276,23 @@ def test_vision_tokens_and_position_table_are_embeddings():
     for p in ("cls_token", "distillation_token", "position_embeddings"):
         assert mp.roles[f"deit.embeddings.{p}"] == "embedding", p
     assert mp.roles["deit.embeddings.patch_embeddings.projection.weight"] == "matrix"
+
+
+def test_torch_multihead_attention_in_proj_is_a_matrix_with_multipliers():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.TransformerEncoderLayer(32, 2, 64, dropout=0.0, batch_first=True), nn.Linear(32, 5))
+    x = torch.randn(2, 6, 32)
+    before = model(x)
+    mp = P.parametrize(model)
+    assert mp.roles["0.self_attn.in_proj_weight"] == "matrix"
+    assert model[0].self_attn.in_proj_weight_mult_row.shape == (96,)
+    assert torch.equal(model(x), before)
+    with torch.no_grad():
+        model[0].self_attn.in_proj_weight_mult_row.uniform_(0.5, 1.5)
+    moved = model(x)
+    plain = mp.fold()
+    assert type(plain[0].self_attn) is nn.MultiheadAttention
+    assert (plain(x) - moved).norm() <= 1e-5 * moved.norm()
 
 
 def test_an_unknown_raw_matrix_still_raises_naming_it_and_the_fix():
@@ -330,8 +356,9 @@ def test_linear_and_transposed_conv1d_get_the_same_update(lr_scale):
     for layer in (lin, conv):
         model = nn.Sequential(layer, copy.deepcopy(head))
         mp = P.parametrize(model, multipliers="none")
-        groups = mp.param_groups("muon", lr=0.1, weight_decay=0.0)
-        opt = Muon(groups, lr_scale=lr_scale)
+        groups = mp.param_groups("muon", lr=0.1, weight_decay=0.0, lr_scale=lr_scale, adamw_lr=1e-3)
+        assert {g["lr_scale"] for g in groups if g["algorithm"] == "muon"} == {lr_scale}
+        opt = Muon(groups)
         before = layer.weight.detach().clone()
         model(x).square().mean().backward()
         opt.step()
@@ -345,9 +372,9 @@ def test_linear_and_transposed_conv1d_get_the_same_update(lr_scale):
 # parametrize correctly (identity, groups, coverage, exact fold) or raise the clear error.
 
 SMOKE_OK = (
-    "aria_text", "bamba", "bloom", "cohere2_moe", "ernie4_5_moe", "falcon", "falcon_mamba", "gemma2", "glm4_moe",
+    "bamba", "bloom", "cohere2_moe", "ernie4_5_moe", "falcon", "falcon_mamba", "gemma2", "glm4_moe",
     "gpt_neox", "granitemoe", "jamba", "jetmoe", "lfm2", "llama4_text", "minimax", "olmo2", "olmoe", "opt", "phi",
-    "phi3", "qwen3", "qwen3_moe", "recurrent_gemma", "rwkv", "stablelm", "starcoder2",
+    "phi3", "qwen3", "qwen3_moe", "recurrent_gemma", "rwkv", "stablelm", "starcoder2", "gptj",
 )
 SMOKE_CLEAR = ("deepseek_v4",)  # hyper-connection mixing tensors: raw matrices of an unknown layout
 _GENERIC = dict(
@@ -360,9 +387,14 @@ _GENERIC = dict(
 )
 
 
+_EXTRA = {
+    "gptj": dict(rotary_dim=8),
+}
+
+
 def _smoke_model(model_type: str) -> nn.Module:
     cfg = transformers.AutoConfig.for_model(model_type)
-    for key, value in _GENERIC.items():
+    for key, value in {**_GENERIC, **_EXTRA.get(model_type, {})}.items():
         try:
             setattr(cfg, key, value)
         except (AttributeError, NotImplementedError):

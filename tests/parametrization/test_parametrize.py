@@ -71,8 +71,10 @@ def test_mup_adamw_matrices_get_lr_over_m_and_muon_matrices_no_factor(width):
     adamw = {g["role"]: g["lr"] for g in mp.param_groups("adamw", lr=1e-3)}
     assert math.isclose(adamw["matrix"], 1e-3 / m)
     assert adamw["embedding"] == adamw["head"] == adamw["vector"] == adamw["multiplier"] == 1e-3
-    muon = {g["role"]: g["lr"] for g in mp.param_groups("muon", lr=0.02)}
-    assert muon["matrix"] == 0.02
+    with pytest.raises(ValueError, match="adamw_lr"):  # muP's default lr_scale is "spectral"
+        mp.param_groups("muon", lr=0.02)
+    muon = {g["role"]: (g["lr"], g.get("lr_scale")) for g in mp.param_groups("muon", lr=0.02, adamw_lr=1e-3)}
+    assert muon["matrix"] == (0.02, "spectral") and muon["vector"] == (1e-3, None)
 
 
 def test_mup_output_factor_becomes_initial_value_of_a_learnable_head_multiplier():

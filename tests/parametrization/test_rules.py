@@ -162,6 +162,11 @@ def test_summary_lists_every_group_and_the_multiplier_share():
     assert f"({share:.3f}%)" in text
 
 
+def test_summary_without_arguments_works_under_mup():
+    mp = P.parametrize(TinyLM(d=32), base_width=16)
+    assert mp.summary(print_table=False).row_count == len(mp.param_groups("muon", adamw_lr=0.02))
+
+
 def test_role_entries_apply_before_glob_entries_whatever_the_dict_order():
     mp = P.parametrize(TinyLM())
     for rules in ({"*.mlp.down.weight": {"lr": 1e-4}, "matrix": {"lr": 5e-3}}, {"matrix": {"lr": 5e-3}, "*.mlp.down.weight": {"lr": 1e-4}}):

@@ -20,31 +20,38 @@ all rows). This module does the work once per matrix and spreads it over the ran
 
 Every rank must call these functions with the same list (same order, shapes, dtypes, meshes),
 because they issue collectives; the optimizer step guarantees that under DDP and FSDP2.
-``optimizers.Muon`` calls :func:`orthogonalize_dtensors` by itself for DTensor updates, and
-:func:`orthogonalize_replicated` when built with ``process_group=...`` (DDP). Tested with gloo on
-CPU (2 and 3 ranks, torch 2.11 and 2.13) and NCCL on one GPU.
+``optimizers.Muon`` calls :func:`orthogonalize_distributed` every step: DTensor updates go to
+:func:`orthogonalize_dtensors`, plain ones to :func:`orthogonalize_replicated` when Muon is built with
+``process_group=...`` (DDP), else to the local :func:`optimizers.orthogonalize.orthogonalize_updates`.
+Tested with gloo on CPU (2 and 3 ranks, torch 2.11 and 2.13) and NCCL on one GPU.
+
+Hook: every function takes ``orthogonalize=``, a callable that maps a list of whole plain matrices to
+their orthogonalized matrices (:data:`optimizers.orthogonalize.Orthogonalize`). It replaces the local
+Newton–Schulz (the default: :func:`~optimizers.orthogonalize.orthogonalize_updates` with the given
+``steps``, ``coefficients``, ``dtype``, ``method``), e.g. to count the matrices a rank computes or to
+use an exact SVD in tests; the communication stays the same.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Hashable, Sequence
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 from torch.distributed.tensor import DTensor, Replicate, Shard
 
+from .newton_schulz import newton_schulz_flops
+from .orthogonalize import Orthogonalize, orthogonalize_updates
+
 __all__ = [
     "assign_owners",
     "chunk_sizes",
-    "newton_schulz_cost",
+    "orthogonalize_distributed",
     "orthogonalize_dtensors",
     "orthogonalize_replicated",
 ]
-
-Orthogonalize = Callable[[list[Tensor]], list[Tensor]]
-"""Maps a list of whole (plain, local) ``[..., m, n]`` matrices to their orthogonalized matrices."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -66,14 +73,10 @@ def chunk_sizes(length: int, world_size: int) -> list[int]:
     return [max(0, min(full, length - r * full)) for r in range(world_size)]
 
 
-def newton_schulz_cost(shape: Sequence[int]) -> int:
-    """Relative Newton–Schulz cost of a ``[..., m, n]`` update: ``batch · min(m,n)² · max(m,n)``.
-
-    One quintic step costs ``4·a²·b + 2·a³`` flops with ``a = min(m, n)``, ``b = max(m, n)``; the
-    ``a²·b`` term dominates and is enough to balance owners.
-    """
+def _cost(shape: Sequence[int]) -> int:
+    """Newton–Schulz FLOPs of a ``[..., m, n]`` update: batch × :func:`newton_schulz_flops` (m, n)."""
     *batch, m, n = shape
-    return max(1, int(torch.Size(batch).numel()) * min(m, n) ** 2 * max(m, n))
+    return int(torch.Size(batch).numel()) * newton_schulz_flops(m, n)
 
 
 def assign_owners(costs: Sequence[float], world_size: int) -> list[int]:
@@ -103,12 +106,35 @@ def _default_orthogonalize(
     steps: int, coefficients: str | Sequence[Sequence[float]], dtype: torch.dtype | None, method: str
 ) -> Orthogonalize:
     # Muon's own local path (same-shape batching, tall matrices transposed), so a sharded run does
-    # exactly the single-process arithmetic on each whole matrix. Lazy: muon.py imports this module.
-    from optimizers.muon import orthogonalize_updates
-
+    # exactly the single-process arithmetic on each whole matrix.
     return functools.partial(
-        orthogonalize_updates, steps=steps, coefficients=coefficients, dtype=dtype, method=method
+        orthogonalize_updates, steps=steps, coefficients=coefficients, dtype=dtype, method=method  # type: ignore[arg-type]
     )
+
+
+def orthogonalize_distributed(
+    updates: Sequence[Tensor],
+    *,
+    process_group: dist.ProcessGroup | None = None,
+    steps: int = 5,
+    coefficients: str | Sequence[Sequence[float]] = "quintic",
+    dtype: torch.dtype | None = None,
+    method: str = "standard",
+    orthogonalize: Orthogonalize | None = None,
+) -> list[Tensor]:
+    """The orthogonalization of one Muon step: picks the path for the kind of updates given.
+
+    Any DTensor in ``updates`` → :func:`orthogonalize_dtensors` (the whole list); else with a
+    ``process_group`` (DDP) → :func:`orthogonalize_replicated`; else the local Newton–Schulz
+    (``orthogonalize`` or :func:`~optimizers.orthogonalize.orthogonalize_updates`).
+    """
+    kw = dict(steps=steps, coefficients=coefficients, dtype=dtype, method=method, orthogonalize=orthogonalize)
+    if any(isinstance(u, DTensor) for u in updates):
+        return orthogonalize_dtensors(updates, **kw)  # type: ignore[arg-type]
+    if process_group is not None:
+        return orthogonalize_replicated(updates, group=process_group, **kw)  # type: ignore[arg-type]
+    orth = orthogonalize or _default_orthogonalize(steps, coefficients, dtype, method)
+    return list(orth(list(updates)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -131,9 +157,9 @@ def orthogonalize_dtensors(
         updates: ``[..., m, n]`` tensors; DTensors keep their mesh and placements in the result.
             Plain tensors are orthogonalized locally. The list must be the same on every rank.
         steps, coefficients, dtype, method: Newton–Schulz settings, passed to Muon's local path
-            :func:`optimizers.muon.orthogonalize_updates` (unless ``orthogonalize`` is given).
-        orthogonalize: optional replacement for that local path: maps a list of whole plain
-            matrices to their orthogonalized matrices.
+            :func:`optimizers.orthogonalize.orthogonalize_updates` (unless ``orthogonalize`` is given).
+        orthogonalize: the hook (see the module doc): replaces that local path; it maps a list of
+            whole plain matrices to their orthogonalized matrices.
 
     Returns:
         One tensor per update, of the same kind, global shape, mesh and placements. Results of
@@ -204,7 +230,7 @@ def _regroup_orthogonalize(updates: Sequence[DTensor], orth: Orthogonalize) -> l
     group = mesh.get_group()
     world, rank = dist.get_world_size(group), dist.get_rank(group)
     dims = [u.placements[0].dim % u.ndim for u in updates]  # type: ignore[union-attr]
-    owners = assign_owners([newton_schulz_cost(u.shape) for u in updates], world)
+    owners = assign_owners([_cost(u.shape) for u in updates], world)
     sizes = [chunk_sizes(u.shape[d], world) for u, d in zip(updates, dims)]
     locals_ = [u.to_local() for u in updates]
     for i, (loc, d) in enumerate(zip(locals_, dims)):
@@ -325,7 +351,7 @@ def orthogonalize_replicated(
     if world == 1:
         return list(orth(list(updates)))
     rank = dist.get_rank(group)
-    owners = assign_owners([newton_schulz_cost(u.shape) for u in updates], world)
+    owners = assign_owners([_cost(u.shape) for u in updates], world)
     results: list[Tensor | None] = [None] * len(updates)
     by_dtype: dict[torch.dtype, list[int]] = {}
     for i, u in enumerate(updates):
