@@ -18,28 +18,42 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-from rich.table import Table
+if __package__ in (None, ""):  # run as `python benchmarks/<script>.py`: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from reference_models import ByteCorpus, GPTConfig, TrainConfig
-from reference_models.experiments import ARMS, RunRecord, default_workers, mean_spread, records_at, run_many, smooth
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from reference_models import ByteCorpus, GPTConfig, TrainConfig  # noqa: E402
+from benchmarks._harness import (  # noqa: E402
+    ARMS,
+    RunRecord,
+    default_workers,
+    first_reach,
+    mean_spread,
+    paired,
+    records_at,
+    run_many,
+    smooth,
+)
 
 # All settings of a preset in one table. lrs × wds is the grid every arm runs with every seed;
 # `shared` is the common cell in the strong-decay regime; `common_wd` the usual wd = 0.1.
 PRESETS: dict[str, dict[str, Any]] = {
     "smoke": dict(model="tiny", model_overrides=dict(n_layer=1), steps=6, warmup_steps=2, batch_size=4,
                   seq_len=32, lrs=[1e-2], wds=[0.1, 1.0], seeds=[0, 1], shared=(1e-2, 1.0), common_wd=0.1,
-                  eval_batches=1, multiplier_lrs=[None]),
+                  eval_batches=1, eval_every=2, multiplier_lrs=[None]),
     "quick": dict(model="tiny", model_overrides={}, steps=400, warmup_steps=20, batch_size=16, seq_len=64,
                   lrs=[3e-3, 1e-2], wds=[0.1, 1.0], seeds=[0, 1], shared=(1e-2, 1.0), common_wd=0.1,
-                  eval_batches=16, multiplier_lrs=[None]),
+                  eval_batches=16, eval_every=20, multiplier_lrs=[None]),
     "full": dict(model="small", model_overrides={}, steps=1000, warmup_steps=50, batch_size=32, seq_len=128,
                  lrs=[1e-3, 3e-3, 1e-2], wds=[0.1, 1.0], seeds=[0, 1, 2], shared=(1e-2, 1.0), common_wd=0.1,
-                 eval_batches=32, multiplier_lrs=[None]),
+                 eval_batches=32, eval_every=25, multiplier_lrs=[None]),
 }
 
 
@@ -56,10 +70,22 @@ def _fmt(values: list[float]) -> str:
     return f"{mean:.4f} ± {spread:.4f}"
 
 
-def _paired(a: list[RunRecord], b: list[RunRecord]) -> list[float]:
-    """Per-seed differences a − b of the final val loss (seeds present in both)."""
-    bs = {r.seed: r.final_val_loss for r in b}
-    return [r.final_val_loss - bs[r.seed] for r in a if r.seed in bs]
+def steps_to_target(records: list[RunRecord], summary: dict[str, dict[str, Any]], steps: int,
+                    reference: str = "adamw") -> dict[str, dict[str, Any]]:
+    """Per arm at its best cell: the fraction of the run at which its validation curve first reaches
+    the reference arm's final validation loss (at the reference's best cell, same seed). A fraction
+    above 1 (``inf``) means never within the run."""
+    if reference not in summary:
+        return {}
+    ref = summary[reference]["best"]
+    target = {r.seed: r.final_val_loss for r in records_at(records, reference, ref["lr"], ref["weight_decay"])}
+    out: dict[str, dict[str, Any]] = {}
+    for name, s in summary.items():
+        runs = [r for r in records_at(records, name, s["best"]["lr"], s["best"]["weight_decay"]) if r.seed in target]
+        fractions = [first_reach(r.val_loss, target[r.seed]) / steps for r in runs]
+        out[name] = dict(seeds=[r.seed for r in runs], fraction=fractions,
+                         reached=sum(math.isfinite(f) for f in fractions))
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -91,7 +117,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     model_config = GPTConfig.preset(p["model"], **p["model_overrides"])
     corpus = ByteCorpus.load(args.data)
     base = TrainConfig(steps=p["steps"], warmup_steps=p["warmup_steps"], batch_size=p["batch_size"],
-                       seq_len=p["seq_len"], eval_batches=p["eval_batches"], device=args.device,
+                       seq_len=p["seq_len"], eval_batches=p["eval_batches"], eval_every=p["eval_every"], device=args.device,
                        progress=not args.no_progress)
     console.print(
         f"[bold]adam_vs_muon[/] preset={args.preset} model={p['model']} ({model_config.n_layer}L, d={model_config.d_model}) "
@@ -180,7 +206,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for where in ("best", "shared", "common_wd"):
             ca = (summary[a][where]["lr"], summary[a][where]["weight_decay"])
             cb = (summary[b][where]["lr"], summary[b][where]["weight_decay"])
-            row[where] = _paired(records_at(records, a, *ca), records_at(records, b, *cb))
+            row[where] = paired(records_at(records, a, *ca), records_at(records, b, *cb))
         diffs.append(row)
     dtable = Table(title="differences a − b in final val loss (paired by seed; negative = a better)")
     for col in ("a − b", "best vs best", f"at shared ({shared_lr:g}, {shared_wd:g})", f"at wd {p['common_wd']:g}"):
@@ -188,6 +214,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for row in diffs:
         dtable.add_row(f"{row['a']} − {row['b']}", _fmt(row["best"]), _fmt(row["shared"]), _fmt(row["common_wd"]))
     console.print(dtable)
+    reach = steps_to_target(records, summary, p["steps"])
+    if reach:
+        rt = Table(title=f"steps to reach plain AdamW's final val loss (same seed), as a fraction of the "
+                         f"{p['steps']} steps; each arm at its best cell; val every {p['eval_every']} steps, interpolated")
+        for col in ("arm", "per seed", "mean ± std", "reached"):
+            rt.add_column(col, justify="left" if col == "arm" else "right")
+        for name, r in reach.items():
+            finite = [f for f in r["fraction"] if math.isfinite(f)]
+            rt.add_row(name, ", ".join(f"{f:.3f}" if math.isfinite(f) else "never" for f in r["fraction"]),
+                       _fmt(finite) if len(finite) == len(r["fraction"]) else "-", f"{r['reached']}/{len(r['fraction'])}")
+        console.print(rt)
     if mlr_sweep:
         mt = Table(title=f"multiplier lr sweep at the shared cell, seed {p['seeds'][0]}")
         for col in ("arm", "multiplier lr", "final val loss"):
@@ -203,7 +240,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     out = dict(preset=args.preset, settings={**p, "cells": cells}, model=model_config.to_dict(), device=args.device, workers=workers,
                data=args.data, multiplier_lr_sweep=mlr_sweep, chosen_multiplier_lr=chosen_mlr,
-               summary=summary, differences=diffs, runs=[r.to_dict() for r in records], wall_s=wall)
+               summary=summary, differences=diffs,
+               steps_to_target={k: {**v, "fraction": [f if math.isfinite(f) else None for f in v["fraction"]]}
+                                for k, v in reach.items()},
+               runs=[r.to_dict() for r in records], wall_s=wall)
     path = Path(args.out)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=1))

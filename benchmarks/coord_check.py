@@ -9,7 +9,7 @@ hidden activations grow). Writes JSON always and a PNG when matplotlib is import
 
 Usage::
 
-    python -m benchmarks.coord_check --out results/coord_check.json
+    python -m benchmarks.coord_check               # writes results/coord_check.json (+ .png)
     python -m benchmarks.coord_check --quick        # seconds; used by the smoke test
 """
 
@@ -49,7 +49,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--multipliers", default="none", help="placement passed to parametrize (default none)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--quick", action="store_true", help="widths 32 64, 2 steps (smoke test)")
-    ap.add_argument("--out", type=Path, default=None, help="write JSON here (and a PNG beside it)")
+    ap.add_argument("--out", type=Path, default=Path("results/coord_check.json"), help="JSON here, a PNG beside it")
     args = ap.parse_args(argv)
     if args.quick:
         args.widths, args.steps, args.batch = [32, 64], 2, 2

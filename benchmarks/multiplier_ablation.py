@@ -21,14 +21,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-from rich.table import Table
+if __package__ in (None, ""):  # run as `python benchmarks/<script>.py`: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from reference_models import ByteCorpus, GPTConfig, TrainConfig
-from reference_models.experiments import Arm, default_workers, mean_spread, run_many
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from reference_models import ByteCorpus, GPTConfig, TrainConfig  # noqa: E402
+from benchmarks._harness import Arm, default_workers, mean_spread, run_many
 
 SYMMETRY_FREE = {
     "*.mlp.gate_proj": "r", "*.mlp.up_proj": "none", "*.mlp.down_proj": "rc",

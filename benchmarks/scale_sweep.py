@@ -16,15 +16,19 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-from rich.table import Table
+if __package__ in (None, ""):  # run as `python benchmarks/<script>.py`: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from reference_models import ByteCorpus, GPTConfig, TrainConfig
-from reference_models.experiments import (
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from reference_models import ByteCorpus, GPTConfig, TrainConfig  # noqa: E402
+from benchmarks._harness import (
     ARMS,
     RunRecord,
     adamw_equilibrium_rms,

@@ -224,6 +224,16 @@ class Parametrization:
         self.folded = True
         return self.model
 
+    # ----------------------------------------------------------------- diagnostics
+
+    def stats(self, optimizer: Any = None) -> dict[str, dict[str, Any]]:
+        """Per-matrix RMS of W and W_eff, the noise–weight-decay equilibrium predicted from
+        ``optimizer``'s groups, row/column-norm spread of W_eff and the multipliers' range
+        (:func:`parametrization.stats.stats`)."""
+        from .stats import stats
+
+        return stats(self, optimizer)
+
     # ----------------------------------------------------------------- summary
 
     def summary(self, *, print_table: bool = True, **param_group_kwargs: Any) -> "Any":

@@ -1,4 +1,4 @@
-"""Reference models, data and the training loop used by every benchmark."""
+"""Reference models, data and the training loop of the benchmarks."""
 
 from .data import VOCAB_SIZE, ByteCorpus, load_corpus_bytes, stdlib_files
 from .gpt import GPT, GPTConfig
@@ -9,7 +9,7 @@ from .train import (
     build_model,
     build_optimizer,
     build_scheduler,
-    lr_multiplier,
+    lr_schedule_factor,
     train,
 )
 
@@ -26,6 +26,6 @@ __all__ = [
     "build_model",
     "build_optimizer",
     "build_scheduler",
-    "lr_multiplier",
+    "lr_schedule_factor",
     "train",
 ]

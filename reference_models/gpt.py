@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange, repeat
 from torch import Tensor, nn
 
 __all__ = ["GPT", "GPTConfig"]
@@ -44,6 +45,9 @@ class GPTConfig:
         norm_eps: RMSNorm epsilon.
         init_std: std of the normal init of every matrix; the residual output projections
             (``o_proj``, ``down_proj``) use ``init_std / sqrt(2 * n_layer)`` (GPT-2).
+        embedding_multiplier: fixed factor on the embedding output (a muP forward multiplier; 1).
+        logit_multiplier: fixed factor on the output logits (1).
+        attn_logit_multiplier: fixed factor on the attention logits, on top of ``1/sqrt(head_dim)`` (1).
     """
 
     vocab_size: int = 256
@@ -57,6 +61,9 @@ class GPTConfig:
     rope_theta: float = 10_000.0
     norm_eps: float = 1e-5
     init_std: float = 0.02
+    embedding_multiplier: float = 1.0
+    logit_multiplier: float = 1.0
+    attn_logit_multiplier: float = 1.0
 
     # Named presets. `tiny` is for tests (trains in seconds on a CPU); `small` is the CPU benchmark
     # model; `medium` is for a GPU run of the benchmarks.
@@ -89,7 +96,8 @@ class GPTConfig:
             )
         if not isinstance(self.tie_embeddings, bool):
             raise TypeError(f"GPTConfig.tie_embeddings must be a bool, got {self.tie_embeddings!r}")
-        for name in ("rope_theta", "norm_eps", "init_std"):
+        for name in ("rope_theta", "norm_eps", "init_std", "embedding_multiplier", "logit_multiplier",
+                     "attn_logit_multiplier"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
                 raise ValueError(f"GPTConfig.{name} must be a positive number, got {value!r}")
@@ -168,22 +176,22 @@ class CausalSelfAttention(nn.Module):
         self.k_proj = nn.Linear(config.d_model, d_kv, bias=False)
         self.v_proj = nn.Linear(config.d_model, d_kv, bias=False)
         self.o_proj = nn.Linear(config.d_model, config.d_model, bias=False)
+        # None keeps SDPA's own 1/sqrt(head_dim) (and its exact arithmetic) at the default.
+        m = config.attn_logit_multiplier
+        self.scale = None if m == 1.0 else m / math.sqrt(self.head_dim)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-        B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        q = rearrange(self.q_proj(x), "b t (h d) -> b h t d", h=self.n_head)
+        k = rearrange(self.k_proj(x), "b t (h d) -> b h t d", h=self.n_kv_head)
+        v = rearrange(self.v_proj(x), "b t (h d) -> b h t d", h=self.n_kv_head)
         cos, sin = cos.to(q.dtype), sin.to(q.dtype)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if self.n_kv_head != self.n_head:
             # Each kv head serves n_head / n_kv_head consecutive query heads.
-            repeat = self.n_head // self.n_kv_head
-            k = k.repeat_interleave(repeat, dim=1)
-            v = v.repeat_interleave(repeat, dim=1)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)
-        return self.o_proj(y)
+            k = repeat(k, "b h t d -> b (h r) t d", r=self.n_head // self.n_kv_head)
+            v = repeat(v, "b h t d -> b (h r) t d", r=self.n_head // self.n_kv_head)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale)
+        return self.o_proj(rearrange(y, "b h t d -> b t (h d)"))
 
 
 class SwiGLU(nn.Module):
@@ -273,9 +281,13 @@ class GPT(nn.Module):
             raise ValueError(f"sequence length {T} exceeds GPTConfig.seq_len={self.config.seq_len}")
         cos, sin = self.rope_cos[:T], self.rope_sin[:T]
         x = self.wte(idx)
+        if self.config.embedding_multiplier != 1.0:  # skipped at 1: the default stays bit-identical
+            x = x * self.config.embedding_multiplier
         for block in self.blocks:
             x = block(x, cos, sin)
         logits = self.lm_head(self.norm(x))
+        if self.config.logit_multiplier != 1.0:
+            logits = logits * self.config.logit_multiplier
         if targets is None:
             return logits
         if targets.shape != idx.shape:

@@ -1,4 +1,4 @@
-"""The one training loop every benchmark uses.
+"""The training loop of every benchmark that trains to a loss.
 
 Construction is factored so a caller can wrap the model (DDP, FSDP2, ``torch.compile``) between
 building it and building the optimizer::
@@ -11,6 +11,9 @@ building it and building the optimizer::
     result = trainer.fit()
 
 or simply ``result = train(GPTConfig.preset("tiny"), cfg)``.
+
+``cfg.stats_every = N`` adds ``{"step", "stats": mp.stats(optimizer)}`` records to the
+JSON-lines metrics every N steps and at the end. Checkpoints load with ``weights_only=True``.
 
 Each step: forward (bf16 autocast on CUDA, fp32 on CPU) -> backward -> ``mp.clip_grad_norm_``
 (multipliers excluded from the norm and left unclipped, paper §4.3) -> optimizer step -> scheduler
@@ -26,7 +29,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
@@ -50,12 +53,15 @@ __all__ = [
     "build_model",
     "build_optimizer",
     "build_scheduler",
-    "lr_multiplier",
+    "lr_schedule_factor",
     "resolve_device",
     "train",
 ]
 
 Schedule = Literal["cosine", "linear", "wsd"]
+
+CHECKPOINT_FORMAT = "lrm-optim.Trainer"
+CHECKPOINT_VERSION = 2  # 1: pickled config object, loaded with weights_only=False
 
 
 @dataclass
@@ -66,9 +72,14 @@ class TrainConfig:
     ``adamw_lr`` is the AdamW lr of the non-matrix parameters under Muon (``None``: ``lr``, which is
     the right scale with ``muon_lr_scale="match_rms_adamw"``); ``multiplier_lr`` ``None`` lets the
     parametrization choose (its default: ``adamw_lr``); ``rules`` are per-role/glob overrides
-    passed to ``mp.param_groups``. Schedule: linear warmup over ``warmup_steps``, then
-    ``schedule`` down to ``min_lr_ratio`` (see :func:`lr_multiplier`); the weight decay is applied
+    passed to ``mp.param_groups``; ``optimizer_kwargs`` go to the optimizer's constructor as
+    extra keyword arguments (e.g. ``{"process_group": dist.group.WORLD}`` for Muon under DDP).
+    muP: ``mup_base_width`` (``None``: off) and ``mup_init_std`` go to ``parametrize`` as
+    ``base_width`` and ``init_std``. Schedule: linear warmup over ``warmup_steps``, then
+    ``schedule`` down to ``min_lr_ratio`` (see :func:`lr_schedule_factor`); the weight decay is applied
     as ``lr * wd`` so it follows the schedule. ``eval_every=0`` evaluates only at the end.
+    ``stats_every=N > 0`` writes ``mp.stats(optimizer)`` (per-matrix RMS of W and W_eff, predicted
+    equilibrium, norm spreads, multiplier ranges) to the metrics file every N steps and at the end.
     """
 
     optimizer: Literal["adamw", "muon"] = "adamw"
@@ -81,6 +92,9 @@ class TrainConfig:
     multiplier_lr: float | None = None
     multiplier_weight_decay: float = 2e-3
     rules: dict[str, dict[str, Any]] | None = None
+    optimizer_kwargs: dict[str, Any] | None = None
+    mup_base_width: int | None = None
+    mup_init_std: float | None = None
     steps: int = 200
     warmup_steps: int = 20
     schedule: Schedule = "wsd"
@@ -94,6 +108,7 @@ class TrainConfig:
     eval_every: int = 0
     eval_batches: int = 8
     log_every: int = 10
+    stats_every: int = 0
     metrics_path: str | None = None
     checkpoint_path: str | None = None
     checkpoint_every: int = 0
@@ -120,12 +135,18 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}")
         for name in ("steps", "batch_size", "eval_batches", "log_every"):
             _check_int(name, getattr(self, name), minimum=1)
-        for name in ("warmup_steps", "eval_every", "checkpoint_every", "seed"):
+        for name in ("warmup_steps", "eval_every", "checkpoint_every", "seed", "stats_every"):
             _check_int(name, getattr(self, name), minimum=0)
         if self.seq_len is not None:
             _check_int("seq_len", self.seq_len, minimum=1)
         if self.data_seed is not None:
             _check_int("data_seed", self.data_seed, minimum=0)
+        if self.mup_base_width is not None:
+            _check_int("mup_base_width", self.mup_base_width, minimum=1)
+        if self.mup_init_std is not None:
+            _check_number("mup_init_std", self.mup_init_std, positive=True)
+        if self.optimizer_kwargs is not None and not isinstance(self.optimizer_kwargs, dict):
+            raise TypeError(f"TrainConfig.optimizer_kwargs must be a dict or None, got {type(self.optimizer_kwargs).__name__}")
         if self.warmup_steps > self.steps:
             raise ValueError(
                 f"TrainConfig.warmup_steps ({self.warmup_steps}) must not exceed steps ({self.steps})"
@@ -133,6 +154,15 @@ class TrainConfig:
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
             raise ValueError(f"TrainConfig.betas must be two numbers in [0, 1), got {self.betas!r}")
         self.betas = (float(self.betas[0]), float(self.betas[1]))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as plain values; ``optimizer_kwargs`` values that are not numbers, strings
+        or ``None`` (a process group) are replaced by their ``repr``."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        plain = (int, float, str, bool, type(None))
+        if self.optimizer_kwargs is not None:
+            out["optimizer_kwargs"] = {k: v if isinstance(v, plain) else repr(v) for k, v in self.optimizer_kwargs.items()}
+        return out
 
     @property
     def lr_times_wd_times_steps(self) -> float:
@@ -156,7 +186,7 @@ def _check_int(name: str, value: Any, *, minimum: int) -> None:
 # Pure pieces: schedule, device, dtype
 
 
-def lr_multiplier(
+def lr_schedule_factor(
     step: int,
     *,
     total_steps: int,
@@ -220,21 +250,28 @@ def _sync(device: torch.device) -> None:
 
 
 def build_model(model_config: GPTConfig, cfg: TrainConfig, **parametrize_kwargs: Any) -> tuple[GPT, Any]:
-    """Seeded ``GPT(model_config)``, parametrized in place with ``cfg.multipliers``, on the device.
-    Extra keyword arguments go to ``parametrization.parametrize``."""
+    """Seeded ``GPT(model_config)``, parametrized in place with ``cfg.multipliers`` (and muP when
+    ``cfg.mup_base_width`` is set), on the device. Extra keyword arguments go to
+    ``parametrization.parametrize``."""
     torch.manual_seed(cfg.seed)
     model = GPT(model_config)
+    if cfg.mup_base_width is not None:
+        parametrize_kwargs = {"base_width": cfg.mup_base_width, "init_std": cfg.mup_init_std, **parametrize_kwargs}
     mp = P.parametrize(model, multipliers=cfg.multipliers, **parametrize_kwargs)
     model.to(resolve_device(cfg.device))
     return model, mp
 
 
 def build_optimizer(mp: Any, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """``optimizers.AdamW`` or ``optimizers.Muon`` over ``mp.param_groups(...)``."""
+    """``optimizers.AdamW`` or ``optimizers.Muon`` over ``mp.param_groups(...)``, with
+    ``cfg.optimizer_kwargs`` as extra constructor arguments."""
+    extra = dict(cfg.optimizer_kwargs or {})
+    muon_only = {"lr_scale": cfg.muon_lr_scale} if cfg.optimizer == "muon" else {}
     groups = mp.param_groups(
         optimizer=cfg.optimizer,
         lr=cfg.lr,
         weight_decay=cfg.weight_decay,
+        **muon_only,  # the groups carry Muon's shape rule; the constructor's is only a default
         adamw_lr=cfg.adamw_lr,
         multiplier_lr=cfg.multiplier_lr,
         multiplier_weight_decay=cfg.multiplier_weight_decay,
@@ -242,21 +279,21 @@ def build_optimizer(mp: Any, cfg: TrainConfig) -> torch.optim.Optimizer:
         rules=cfg.rules,
     )
     if cfg.optimizer == "adamw":
-        return optimizers.AdamW(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-    return optimizers.Muon(
-        groups,
+        return optimizers.AdamW(groups, **{"lr": cfg.lr, "betas": cfg.betas, "weight_decay": cfg.weight_decay, **extra})
+    kwargs = dict(
         lr=cfg.lr,
         weight_decay=cfg.weight_decay,
         lr_scale=cfg.muon_lr_scale,
         adamw_lr=cfg.adamw_lr if cfg.adamw_lr is not None else cfg.lr,
         adamw_betas=cfg.betas,
     )
+    return optimizers.Muon(groups, **{**kwargs, **extra})
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
-    """Warmup + decay as a ``LambdaLR`` over :func:`lr_multiplier` (scales every group's lr)."""
+    """Warmup + decay as a ``LambdaLR`` over :func:`lr_schedule_factor` (scales every group's lr)."""
     fn = partial(
-        lr_multiplier,
+        lr_schedule_factor,
         total_steps=cfg.steps,
         warmup_steps=cfg.warmup_steps,
         schedule=cfg.schedule,
@@ -389,6 +426,11 @@ class Trainer:
         self.model.train()
         return total / self.cfg.eval_batches
 
+    @torch.no_grad()
+    def stats(self) -> dict[str, dict[str, Any]]:
+        """``mp.stats(optimizer)``: per-matrix scales against the noise–weight-decay equilibrium."""
+        return self.mp.stats(self.optimizer)
+
     @property
     def tokens_per_s(self) -> float:
         return self._timed_tokens / self._step_time if self._step_time > 0 else float("nan")
@@ -400,19 +442,24 @@ class Trainer:
     # -- checkpoints -----------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
+        """Plain containers and tensors only (loadable with ``torch.load(..., weights_only=True)``):
+        format tag and version, step, model/optimizer/scheduler states, RNG states, curves, and
+        the config as a JSON string."""
         base = getattr(self.mp, "model", self.model)
         rng = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
         return {
+            "format": CHECKPOINT_FORMAT,
+            "version": CHECKPOINT_VERSION,
             "step": self.step,
             "model": base.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "rng": rng,
             "train_loss": list(self.train_loss),
-            "val_loss": list(self.val_loss),
-            "config": asdict(self.cfg),
+            "val_loss": [list(v) for v in self.val_loss],
+            "config": json.dumps(self.cfg.to_dict(), default=repr),
         }
 
     def save(self, path: str | os.PathLike[str]) -> None:
@@ -424,9 +471,30 @@ class Trainer:
         os.replace(tmp, path)
 
     def load(self, path: str | os.PathLike[str]) -> None:
-        """Restore a checkpoint written by :meth:`save`; the next step continues bit-identically."""
-        state = torch.load(path, map_location=self.device, weights_only=False)
+        """Restore a checkpoint written by :meth:`save`; the next step continues bit-identically.
+
+        Loads with ``weights_only=True`` (no pickled code runs). Raises ``ValueError`` naming the
+        path for a truncated or foreign file, a checkpoint of another format version, or one
+        whose model parameters (names or shapes) differ from this trainer's model.
+        """
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=True)
+        except FileNotFoundError:
+            raise
+        except Exception as err:  # truncated zip, foreign pickle, disallowed global
+            raise ValueError(
+                f"checkpoint {str(path)!r} cannot be read as a trainer checkpoint (truncated, corrupt, or not "
+                f"written by Trainer.save): {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+            ) from err
+        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"checkpoint {str(path)!r} is not a Trainer checkpoint (no format tag {CHECKPOINT_FORMAT!r})")
+        if state.get("version") != CHECKPOINT_VERSION:
+            raise ValueError(
+                f"checkpoint {str(path)!r} has format version {state.get('version')!r}; this code reads version "
+                f"{CHECKPOINT_VERSION}. Load it with the version of lrm-optim that wrote it"
+            )
         base = getattr(self.mp, "model", self.model)
+        _check_same_model(path, base.state_dict(), state["model"])
         base.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -480,11 +548,15 @@ class Trainer:
                     if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
                         self.val_loss.append((step, self.evaluate()))
                         self._log(handle, {"step": step, "val_loss": self.val_loss[-1][1]})
+                    if cfg.stats_every and step % cfg.stats_every == 0 and step < cfg.steps:
+                        self._log(handle, {"step": step, "stats": self.stats()})
                     if cfg.checkpoint_path and cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
                         self.save(cfg.checkpoint_path)
             if not self.val_loss or self.val_loss[-1][0] != self.step:
                 self.val_loss.append((self.step, self.evaluate()))
                 self._log(handle, {"step": self.step, "val_loss": self.val_loss[-1][1]})
+            if cfg.stats_every:
+                self._log(handle, {"step": self.step, "stats": self.stats()})
         finally:
             if handle is not None:
                 handle.close()
@@ -497,8 +569,27 @@ class Trainer:
             wall_s=time.perf_counter() - start,
             steps=self.step,
             device=str(self.device),
-            config=asdict(cfg),
+            config=cfg.to_dict(),
         )
+
+
+def _check_same_model(path: Any, mine: dict[str, Tensor], theirs: Any) -> None:
+    """Raise ``ValueError`` naming the first parameter whose name or shape differs."""
+    if not isinstance(theirs, dict):
+        raise ValueError(f"checkpoint {str(path)!r} has no model state dict")
+    missing = sorted(set(mine) - set(theirs))
+    extra = sorted(set(theirs) - set(mine))
+    if missing or extra:
+        raise ValueError(
+            f"checkpoint {str(path)!r} is from another model: missing {missing[:3]}, unexpected {extra[:3]} "
+            "(build the model with the config the checkpoint was trained with)"
+        )
+    for key, t in mine.items():
+        if tuple(theirs[key].shape) != tuple(t.shape):
+            raise ValueError(
+                f"checkpoint {str(path)!r} is from another model: {key!r} has shape {tuple(theirs[key].shape)}, "
+                f"this model's is {tuple(t.shape)} (build the model with the config the checkpoint was trained with)"
+            )
 
 
 def train(model_config: GPTConfig, cfg: TrainConfig, corpus: ByteCorpus | None = None) -> TrainResult:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import adam_vs_muon
-from reference_models.experiments import ARMS, lr_wd_from_scale, mean_spread
+from benchmarks._harness import ARMS, lr_wd_from_scale, mean_spread
 
 
 @pytest.mark.slow
@@ -51,3 +51,28 @@ def test_two_workers_give_the_same_losses_as_one(tmp_path: Path) -> None:
 def test_scale_map_keeps_effective_lr_and_sets_scale() -> None:
     lr, wd = lr_wd_from_scale(0.25, 0.1)
     assert math.isclose(math.sqrt(lr * wd), 0.1) and math.isclose(math.sqrt(lr / wd), 0.25)
+
+
+def test_first_reach_interpolates_the_crossing():
+    curve = [(10, 3.0), (20, 2.0), (30, 1.0)]
+    assert adam_vs_muon.first_reach(curve, 2.5) == pytest.approx(15.0)
+    assert adam_vs_muon.first_reach(curve, 3.5) == 10.0
+    assert adam_vs_muon.first_reach(curve, 0.5) == math.inf
+
+
+def test_steps_to_target_pairs_each_seed_with_plain_adamws_final_loss():
+    from benchmarks._harness import RunRecord
+
+    def rec(arm, seed, curve):
+        return RunRecord(arm=arm, lr=1e-2, weight_decay=0.1, seed=seed, final_val_loss=curve[-1][1], tokens_per_s=1.0,
+                         opt_step_share=0.5, wall_s=1.0, steps_lr_wd=1.0, matrix_rms=0.1, multiplier_scales={},
+                         train_loss=[], val_loss=curve)
+
+    records = [rec("adamw", 0, [(50, 3.0), (100, 2.0)]), rec("adamw", 1, [(50, 3.0), (100, 2.5)]),
+               rec("muon", 0, [(50, 2.0), (100, 1.5)]), rec("muon", 1, [(50, 2.75), (100, 2.2)])]
+    summary = {a: {"best": {"lr": 1e-2, "weight_decay": 0.1}} for a in ("adamw", "muon")}
+    out = adam_vs_muon.steps_to_target(records, summary, steps=100)
+    assert out["adamw"]["fraction"] == [1.0, 1.0]
+    # muon seed 0 is at AdamW's 2.0 already at step 50; seed 1 crosses 2.5 between 50 (2.75) and 100 (2.2).
+    assert out["muon"]["fraction"] == pytest.approx([0.5, (50 + 50 * 0.25 / 0.55) / 100])
+    assert out["muon"]["reached"] == 2

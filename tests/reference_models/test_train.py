@@ -14,7 +14,7 @@ from reference_models.train import (
     autocast_context,
     build_model,
     build_optimizer,
-    lr_multiplier,
+    lr_schedule_factor,
     resolve_device,
     train,
 )
@@ -37,9 +37,9 @@ def _cfg(**overrides) -> TrainConfig:
 
 
 @pytest.mark.parametrize("schedule", ["cosine", "linear", "wsd"])
-def test_lr_multiplier_warms_up_linearly_then_decays_to_min_ratio(schedule):
+def test_lr_schedule_factor_warms_up_linearly_then_decays_to_min_ratio(schedule):
     kw = dict(total_steps=100, warmup_steps=10, schedule=schedule, decay_fraction=0.3, min_lr_ratio=0.1)
-    values = [lr_multiplier(s, **kw) for s in range(100)]
+    values = [lr_schedule_factor(s, **kw) for s in range(100)]
     assert values[:10] == pytest.approx([(s + 1) / 10 for s in range(10)])
     assert max(values) == pytest.approx(1.0)
     assert values[-1] == pytest.approx(0.1)
@@ -49,8 +49,8 @@ def test_lr_multiplier_warms_up_linearly_then_decays_to_min_ratio(schedule):
 
 def test_wsd_is_constant_until_the_decay_phase():
     kw = dict(total_steps=100, warmup_steps=5, schedule="wsd", decay_fraction=0.2, min_lr_ratio=0.0)
-    assert all(lr_multiplier(s, **kw) == 1.0 for s in range(5, 80))
-    assert lr_multiplier(80, **kw) < 1.0
+    assert all(lr_schedule_factor(s, **kw) == 1.0 for s in range(5, 80))
+    assert lr_schedule_factor(80, **kw) < 1.0
 
 
 def test_scheduler_drives_every_group_including_multipliers(corpus):
@@ -189,3 +189,72 @@ def test_too_long_seq_len_for_corpus_is_rejected(tmp_path):
     path.write_text("abc" * 100)
     with pytest.raises(ValueError, match="too small"):
         Trainer.from_config(GPTConfig.preset("tiny"), _cfg(batch_size=8, seq_len=64), ByteCorpus.load(path))
+
+
+# ---------------------------------------------------------------------------- rules the README states
+
+
+def test_train_config_defaults_are_pinned():
+    cfg = TrainConfig()
+    assert cfg.multiplier_weight_decay == 2e-3
+    assert cfg.muon_lr_scale == "match_rms_adamw"
+    assert (cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.grad_clip, cfg.betas) == ("adamw", 3e-3, 0.1, 1.0, (0.9, 0.95))
+    assert (cfg.schedule, cfg.warmup_steps, cfg.decay_fraction, cfg.min_lr_ratio) == ("wsd", 20, 0.2, 0.1)
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_build_optimizer_hands_the_config_to_every_group(optimizer):
+    cfg = _cfg(optimizer=optimizer, multipliers="vector", lr=1e-2, weight_decay=0.5, multiplier_weight_decay=7e-3,
+               optimizer_kwargs={"decay": "independent"})
+    _, mp = build_model(GPTConfig.preset("tiny", n_layer=1), cfg)
+    opt = build_optimizer(mp, cfg)
+    by_role = {g["role"]: g for g in opt.param_groups}
+    assert by_role["multiplier"]["weight_decay"] == 7e-3
+    assert by_role["matrix"]["weight_decay"] == 0.5 and by_role["matrix"]["lr"] == 1e-2
+    assert all(g["decay"] == "independent" for g in opt.param_groups)  # optimizer_kwargs reach the optimizer
+    if optimizer == "muon":
+        assert by_role["matrix"]["lr_scale"] == "match_rms_adamw"
+        other = build_optimizer(mp, _cfg(optimizer="muon", muon_lr_scale="spectral", adamw_lr=3e-3))
+        assert {g["lr_scale"] for g in other.param_groups if g["algorithm"] == "muon"} == {"spectral"}
+
+
+def test_trainer_clips_without_the_multipliers(corpus):
+    """The clipped gradients the optimizer sees: non-multipliers scaled by max_norm / their own norm,
+    multiplier gradients untouched (torch's clip over all parameters would scale them too)."""
+    model_config = GPTConfig.preset("tiny", n_layer=1)
+    cfg = _cfg(optimizer="muon", multipliers="vector", grad_clip=1e-3, steps=2, warmup_steps=1)
+    trainer = Trainer.from_config(model_config, cfg, corpus)
+    seen = {}
+    trainer.optimizer.register_step_pre_hook(
+        lambda opt, args, kwargs: seen.update({n: p.grad.clone() for n, p in trainer.mp.model.named_parameters()}))
+    # The same model, unclipped gradients of the same batch.
+    ref_model, ref_mp = build_model(model_config, cfg)
+    x, y = trainer.batch(0)
+    ref_model(x, y).backward()
+    raw = {n: p.grad for n, p in ref_model.named_parameters()}
+    trainer.train_step()
+    mult = {n for n in raw if ref_mp.roles[n] == "multiplier"}
+    assert mult
+    norm = torch.linalg.vector_norm(torch.stack([raw[n].norm() for n in raw if n not in mult]))
+    scale = 1e-3 / (norm + 1e-6)
+    for n in raw:
+        expected = raw[n] if n in mult else raw[n] * scale
+        torch.testing.assert_close(seen[n], expected, rtol=1e-5, atol=1e-9)
+
+
+def test_stats_are_logged_to_the_metrics_when_asked(corpus, tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    cfg = _cfg(steps=6, stats_every=4, metrics_path=str(path), multipliers="vector", optimizer="muon")
+    train(GPTConfig.preset("tiny", n_layer=1), cfg, corpus)
+    stats = [json.loads(line) for line in path.read_text().splitlines() if '"stats"' in line]
+    assert [r["step"] for r in stats] == [4, 6]
+    entry = stats[-1]["stats"]["blocks.0.attn.q_proj.weight"]
+    lr_now = 3e-3 * 0.1  # the lr at the end of the schedule (min_lr_ratio 0.1); Muon with match_rms_adamw: ρ = 0.2
+    assert entry["role"] == "matrix" and entry["equilibrium_rms"] == pytest.approx(0.2 * math.sqrt(lr_now / (2 * 0.1)), rel=1e-6)
+    assert {"rms_w", "rms_w_eff", "row_norm_spread", "col_norm_spread", "mult_row_min"} <= set(entry)
+
+
+def test_optimizer_kwargs_with_an_object_are_recorded_by_repr():
+    marker = object()
+    cfg = _cfg(optimizer_kwargs={"process_group": marker, "nonfinite": "skip"})
+    assert cfg.to_dict()["optimizer_kwargs"] == {"process_group": repr(marker), "nonfinite": "skip"}
