@@ -84,25 +84,44 @@ def effective_weight(
     """
     ndim = weight.ndim
     bdim = None if batch_dim is None else batch_dim % ndim
-    # Fold the scalar factors (s and the constant) into the smaller vector, never into W.
+    return _scaled(weight, scalar, row, col, row_dim % ndim, col_dim % ndim, bdim, fixed, in_place=False)
+
+
+def _scaled(
+    t: Tensor, scalar: Tensor | None, row: Tensor | None, col: Tensor | None,
+    rd: int, cd: int, bdim: int | None, fixed: float, *, in_place: bool,
+) -> Tensor:
+    """``f·s·diag(r)·t·diag(c)`` (axes already normalized), the body of :func:`effective_weight`.
+
+    When autograd is not recording (inside the fused ops' forward and backward), every product
+    after the first is done in place on the fresh tensor the first one made, and with
+    ``in_place`` the first one too (``t`` is overwritten): fewer weight-sized allocations, which
+    on CPU also spares their page faults.
+    """
+    ndim = t.ndim
+    # Fold the scalar factors (s and the constant) into the smaller vector, never into t.
     if row is not None and (col is None or row.shape[-1] <= col.shape[-1]):
         row = _absorb(row, scalar, fixed)
     elif col is not None:
         col = _absorb(col, scalar, fixed)
-    # Plain tensor ops, so this is differentiable as it stands; the layers use it inside the fused
-    # ops of ``multiplied_ops`` (which recompute it in backward instead of saving it).
-    out = weight
+    recording = torch.is_grad_enabled()
+    out = t
+
+    def times(f: Tensor | float) -> Tensor:
+        if recording or (out is t and not in_place):
+            return out * f
+        return out.mul_(f)
+
     if row is not None:
-        out = out * _along(row, row_dim % ndim, ndim, bdim)
+        out = times(_along(row, rd, ndim, bdim))
     if col is not None:
-        out = out * _along(col, col_dim % ndim, ndim, bdim)
+        out = times(_along(col, cd, ndim, bdim))
     if row is None and col is None:
         if scalar is not None:
-            out = out * (scalar.reshape([1] * ndim) if bdim is None else _along(scalar, bdim, ndim))
+            out = times(scalar.reshape([1] * ndim) if bdim is None else _along(scalar, bdim, ndim))
         if fixed != 1.0:
-            out = out * fixed
+            out = times(fixed)
     return out
-
 
 def effective_weight_grads(
     weight: Tensor,
@@ -116,6 +135,7 @@ def effective_weight_grads(
     batch_dim: int | None = None,
     fixed: float = 1.0,
     needs: tuple[bool, bool, bool, bool] = (True, True, True, True),
+    overwrite_grad: bool = False,
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None]:
     """Gradients of a loss through ``W_eff = f·s·diag(r)·W·diag(c)`` (paper eq. 4).
 
@@ -129,8 +149,10 @@ def effective_weight_grads(
     Absent multipliers count as 1 and get no gradient. Kernel axes (conv) are summed like
     columns; with ``batch_dim`` set every stacked matrix gets its own ``s``, ``r``, ``c`` and the
     sums stay per matrix. ``needs`` says which of ``(∂W, ∂s, ∂r, ∂c)`` to compute (``None`` for
-    the others). The only weight-sized temporaries are ``∂W`` itself and ``P``; the sums are
-    ``einsum`` contractions, which make no further weight-sized tensor.
+    the others). ``overwrite_grad`` (default False): ``grad`` is the caller's own temporary, and
+    when autograd is not recording ``∂W`` is written into it. The only weight-sized temporaries
+    are ``P`` and (unless written into ``grad``) ``∂W``; the sums are ``einsum`` contractions,
+    which make no further weight-sized tensor.
 
     Returns ``(∂W, ∂s, ∂r, ∂c)`` in the shapes of ``weight``, ``scalar``, ``row``, ``col``.
     """
@@ -139,9 +161,20 @@ def effective_weight_grads(
     ndim = weight.ndim
     rd, cd = row_dim % ndim, col_dim % ndim
     bdim = None if batch_dim is None else batch_dim % ndim
-    gw = effective_weight(grad, scalar, row, col, row_dim=rd, col_dim=cd, batch_dim=bdim, fixed=fixed) if need_w else None
+    gs, gr, gc = _multiplier_grads(weight, grad, scalar, row, col, rd, cd, bdim, fixed, need_s, need_r, need_c)
+    # ∂W after the sums, which read ``grad``: with ``overwrite_grad`` it is written into ``grad``.
+    gw = _scaled(grad, scalar, row, col, rd, cd, bdim, fixed, in_place=overwrite_grad) if need_w else None
+    return gw, gs, gr, gc
+
+
+def _multiplier_grads(
+    weight: Tensor, grad: Tensor, scalar: Tensor | None, row: Tensor | None, col: Tensor | None,
+    rd: int, cd: int, bdim: int | None, fixed: float, need_s: bool, need_r: bool, need_c: bool,
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """``(∂s, ∂r, ∂c)`` of :func:`effective_weight_grads` from one product ``P = W ⊙ G``."""
+    ndim = weight.ndim
     if not (need_s or need_r or need_c):
-        return gw, None, None, None
+        return None, None, None
     letters = "abcdefghijklmnop"[:ndim]
     b = "" if bdim is None else letters[bdim]
     w_sub, r_sub, c_sub = letters, b + letters[rd], b + letters[cd]
@@ -168,7 +201,7 @@ def effective_weight_grads(
         else:
             total = torch.einsum(f"{w_sub}->{b}", p)
         gs = (total * fixed).reshape(scalar.shape)  # type: ignore[union-attr]
-    return gw, gs, gr, gc
+    return gs, gr, gc
 
 
 def check_multipliers(

@@ -68,11 +68,14 @@ def _row_scale(scalar: Tensor | None, row: Tensor | None, fixed: float) -> Tenso
     return out
 
 
-def _eq4(ctx: Any, w: Tensor, grad_eff: Tensor, s: Tensor | None, r: Tensor | None, c: Tensor | None, needs: tuple[bool, ...], **layout: Any) -> tuple[Tensor | None, ...]:
+def _eq4(ctx: Any, w: Tensor, grad_eff: Tensor, s: Tensor | None, r: Tensor | None, c: Tensor | None, needs: tuple[bool, ...], *, own: bool = True, **layout: Any) -> tuple[Tensor | None, ...]:
+    """Eq. 4 from ``grad_eff``; ``own``: it is a temporary of this backward, so ``∂W`` may reuse it."""
     need_w, need_s, need_r, need_c = needs
     if not (need_w or need_s or need_r or need_c):
         return None, None, None, None
-    return effective_weight_grads(w, grad_eff.to(w.dtype), s, r, c, fixed=ctx.fixed, needs=(need_w, need_s, need_r, need_c), **layout)
+    g = grad_eff.to(w.dtype)
+    own = own or g is not grad_eff
+    return effective_weight_grads(w, g, s, r, c, fixed=ctx.fixed, needs=(need_w, need_s, need_r, need_c), overwrite_grad=own, **layout)
 
 
 # --------------------------------------------------------------------------- linear
@@ -287,7 +290,7 @@ class _WeightFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_eff: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         w, s, r, c = ctx.saved_tensors
-        gw, gs, gr, gc = _eq4(ctx, w, grad_eff, s, r, c, tuple(ctx.needs_input_grad[:4]), **ctx.layout)
+        gw, gs, gr, gc = _eq4(ctx, w, grad_eff, s, r, c, tuple(ctx.needs_input_grad[:4]), own=False, **ctx.layout)
         return gw, gs, gr, gc, None, None, None, None
 
 

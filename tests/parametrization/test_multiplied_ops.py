@@ -222,3 +222,37 @@ def test_ops_compile_without_graph_breaks():
     explanation = torch._dynamo.explain(f)(*args)
     assert explanation.graph_break_count == 0, explanation.break_reasons
     assert explanation.graph_count == 1
+
+
+@pytest.mark.parametrize("present", SUBSETS, ids=lambda p: "".join(k for k, w in zip("src", p) if w) or "none")
+@pytest.mark.parametrize("fixed", [1.0, 0.5])
+def test_in_place_products_never_touch_their_inputs(present, fixed):
+    # Outside autograd the products after the first run in place; W and (unless asked) G stay as given.
+    g = torch.Generator().manual_seed(4)
+    w, grad = torch.randn(2, 5, 4, generator=g, dtype=torch.float64).unbind(0)
+    s, r, c = (t.detach() if t is not None else None for t in _mults(5, 4, present, g))
+    w0, grad0 = w.clone(), grad.clone()
+    expected = effective_weight(w, s, r, c, fixed=fixed)
+    expected_grads = effective_weight_grads(w, grad, s, r, c, fixed=fixed)
+    with torch.no_grad():
+        torch.testing.assert_close(effective_weight(w, s, r, c, fixed=fixed), expected, rtol=0, atol=0)
+        kept = effective_weight_grads(w, grad, s, r, c, fixed=fixed)
+        assert torch.equal(w, w0) and torch.equal(grad, grad0)
+        overwritten = effective_weight_grads(w, grad, s, r, c, fixed=fixed, overwrite_grad=True)
+    for got, want in itertools.chain(zip(kept, expected_grads), zip(overwritten, expected_grads)):
+        assert (got is None) == (want is None)
+        if want is not None:
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert torch.equal(w, w0)
+    assert overwritten[0].data_ptr() == grad.data_ptr()  # ∂W reuses G's memory
+
+
+@pytest.mark.parametrize("activation_side", [False, True])
+def test_linear_second_order_gradients(activation_side):
+    # With create_graph the backward records its ops, so nothing may be done in place there.
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(3, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(5, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    s, r, c = _mults(5, 4, (True, True, True), g)
+    fn = lambda *a: multiplied_linear(*a[:2], None, *a[2:], fixed=0.5, activation_side=activation_side)  # noqa: E731
+    assert torch.autograd.gradgradcheck(fn, (x, w, s, r, c))
