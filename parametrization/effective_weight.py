@@ -185,16 +185,27 @@ def _multiplier_grads(
         fs = scalar.reshape(()) * fixed if bdim is None else scalar.reshape(-1, 1) * fixed
     gs = gr = gc = None
     u = None
+    # A plain matrix takes matrix-vector products (P as stored, or its transpose view): the same
+    # contractions as the einsums, without their per-call parsing.
+    p_rows = (p if rd == 0 else p.mT) if ndim == 2 and bdim is None else None
     if need_r or (need_s and row is not None):
         # u = P c (or P summed over the non-row axes when there is no c)
-        u = torch.einsum(f"{w_sub},{c_sub}->{r_sub}", p, col) if col is not None else torch.einsum(f"{w_sub}->{r_sub}", p)
+        if p_rows is not None:
+            u = p_rows.mv(col) if col is not None else p_rows.sum(1)
+        else:
+            u = torch.einsum(f"{w_sub},{c_sub}->{r_sub}", p, col) if col is not None else torch.einsum(f"{w_sub}->{r_sub}", p)
         if need_r:
             gr = fs * u
     if need_c:
-        v = torch.einsum(f"{w_sub},{r_sub}->{c_sub}", p, row) if row is not None else torch.einsum(f"{w_sub}->{c_sub}", p)
+        if p_rows is not None:
+            v = p_rows.mT.mv(row) if row is not None else p_rows.sum(0)
+        else:
+            v = torch.einsum(f"{w_sub},{r_sub}->{c_sub}", p, row) if row is not None else torch.einsum(f"{w_sub}->{c_sub}", p)
         gc = fs * v
     if need_s:
-        if u is not None:
+        if u is not None and p_rows is not None:
+            total = row.dot(u)
+        elif u is not None:
             total = torch.einsum(f"{r_sub},{r_sub}->{b}", row, u)
         elif col is not None:
             total = torch.einsum(f"{w_sub},{c_sub}->{b}", p, col)
