@@ -49,38 +49,32 @@ from .newton_schulz import NS_METHODS, check_coefficients
 from .orthogonalize import coefficients_key as _coefficients_key
 from .orthogonalize import Orthogonalize, orthogonalize_updates
 
-__all__ = ["Muon", "advance_momentum", "matrix_fans", "muon_momentum", "orthogonalize_updates"]
+__all__ = ["Muon", "matrix_fans", "muon_momentum", "orthogonalize_updates"]
 
 ALGORITHMS = ("muon", "adamw")
 
 
-def muon_momentum(bufs: list[Tensor], grads: list[Tensor], momentum: float, nesterov: bool) -> list[Tensor]:
-    """The update ``U`` from buffers ``B`` and gradients ``G``: ``B' = μ·B + (1 − μ)·G``, then
+def muon_momentum(
+    bufs: list[Tensor], grads: list[Tensor], momentum: float, nesterov: bool
+) -> tuple[list[Tensor], list[Tensor]]:
+    """``(B', U)`` from buffers ``B`` and gradients ``G``: ``B' = μ·B + (1 − μ)·G``, then
     ``U = (1 − μ)·G + μ·B'`` (Nesterov) or ``U = B'``.
 
-    Pure: ``bufs`` and ``grads`` are only read and ``U`` is new memory, never the state. The step stores
-    ``B'`` with :func:`advance_momentum` once every update has been computed, so a step that raises leaves
-    the state as it was.
+    Pure: ``bufs`` and ``grads`` are only read; ``B'`` and ``U`` are new memory. The step stores ``B'`` as
+    the new state only once every update has been computed, so a step that raises leaves the state as it
+    was, and the momentum is computed once. Without Nesterov ``U`` is a copy of ``B'``, so nothing
+    downstream can alias (and normalize) the optimizer state.
     """
     # torch 2.11 has no DTensor rule for aten._foreach_lerp (2.13 has): FSDP2 states take the per-tensor path.
     if _foreach_ok(bufs, grads):
         new = torch._foreach_lerp(bufs, grads, 1.0 - momentum)
-        return torch._foreach_lerp(grads, new, momentum) if nesterov else new
-    out = []
+        return new, torch._foreach_lerp(grads, new, momentum) if nesterov else [b.clone() for b in new]
+    new, out = [], []
     for b, g in zip(bufs, grads):
         nb = b.lerp(g.to(b.dtype), 1.0 - momentum)
-        out.append(g.to(b.dtype).lerp(nb, momentum) if nesterov else nb)
-    return out
-
-
-def advance_momentum(bufs: list[Tensor], grads: list[Tensor], momentum: float) -> None:
-    """``B ← μ·B + (1 − μ)·G`` in place: the arithmetic of :func:`muon_momentum`, so ``B`` becomes its ``B'``
-    bit for bit."""
-    if _foreach_ok(bufs, grads):
-        torch._foreach_lerp_(bufs, grads, 1.0 - momentum)
-        return
-    for b, g in zip(bufs, grads):
-        b.lerp_(g.to(b.dtype), 1.0 - momentum)
+        new.append(nb)
+        out.append(g.to(b.dtype).lerp(nb, momentum) if nesterov else nb.clone())
+    return new, out
 
 
 def _foreach_ok(bufs: list[Tensor], grads: list[Tensor]) -> bool:
@@ -402,7 +396,7 @@ class Muon(GuardedOptimizer):
 
         # Muon: momentum per group, then one orthogonalization call per (ns_steps, coefficients).
         pending: dict[tuple[Any, Any], list[tuple[dict[str, Any], Tensor, Tensor]]] = {}
-        advance: list[tuple[dict[str, Any], list[Tensor], list[Tensor], list[Tensor]]] = []
+        advance: list[tuple[list[Tensor], list[Tensor]]] = []
         for group, params, grads in gathered:
             if group["algorithm"] != "muon" or not params:
                 continue
@@ -411,8 +405,8 @@ class Muon(GuardedOptimizer):
                 else torch.zeros_like(p, memory_format=torch.preserve_format)
                 for p in params
             ]
-            updates = muon_momentum(bufs, grads, group["momentum"], group["nesterov"])
-            advance.append((group, params, bufs, grads))
+            new_bufs, updates = muon_momentum(bufs, grads, group["momentum"], group["nesterov"])
+            advance.append((params, new_bufs))
             key = (group["ns_steps"], _coefficients_key(group["ns_coefficients"]))
             pending.setdefault(key, []).extend((group, p, u) for p, u in zip(params, updates))
         results: list[tuple[dict[str, Any], Tensor, Tensor]] = []
@@ -427,9 +421,8 @@ class Muon(GuardedOptimizer):
         for (group, params, grads), path in zip(gathered, paths):
             if group["algorithm"] == "adamw":
                 adamw_group_update(self.state, _adamw_settings(group), params, grads, path)
-        for group, params, bufs, grads in advance:
-            advance_momentum(bufs, grads, group["momentum"])
-            for p, b in zip(params, bufs):
+        for params, new_bufs in advance:
+            for p, b in zip(params, new_bufs):
                 self.state[p]["momentum_buffer"] = b
         for group, p, o in results:
             _apply_muon_update(p, o.reshape(p.shape), group)
