@@ -1,6 +1,6 @@
 """What else was tried for the multipliers: placement and multiplier weight decay.
 
-The issue asks, where multipliers do not help, to show what was tried. This runs the quick-preset
+Where multipliers do not help, this shows what else was tried. It runs the quick-preset
 model and data of ``benchmarks/adam_vs_muon.py`` for AdamW and Muon at two cells (each arm's best cell
 in the quick grid, lr 3e-3 / wd 0.1 for AdamW and lr 1e-2 / wd 0.1 for Muon, and the shared
 strong-decay cell lr 1e-2 / wd 1) with these variants, every seed:

@@ -37,10 +37,7 @@ from __future__ import annotations
 import argparse
 import copy
 import functools
-import json
-import platform
 import statistics
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -55,6 +52,7 @@ import optimizers
 import parametrization as P
 from parametrization.effective_weight import effective_weight, embedding_activation_side, linear_activation_side
 from parametrization.multipliers import is_multiplied, set_compute
+from benchmarks._report import machine, ratio_row, run_script, time_interleaved
 from reference_models import GPT, GPTConfig
 
 MEMORY_ROWS = (
@@ -64,30 +62,6 @@ MEMORY_ROWS = (
     ("medium d1024 L2 8x256", "medium", {"d_model": 1024, "n_layer": 2, "n_head": 16}, 8, 256, "auto"),
     ("medium 8x128 activation side", "medium", {}, 8, 128, "activation"),
 )
-
-
-def _time_interleaved(
-    fns: dict[str, Callable[[], Any]], n: int, warmup: int
-) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
-    """Alternate the contenders call by call, reversing their order every round, so load drift on
-    a shared machine and any penalty of going first hit all of them alike.
-
-    Returns wall-clock times and process CPU times (``time.process_time``: all our threads, but
-    not the time other processes take the cores away, so steadier on a shared machine).
-    """
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    wall: dict[str, list[float]] = {k: [] for k in fns}
-    cpu: dict[str, list[float]] = {k: [] for k in fns}
-    order = list(fns)
-    for i in range(n):
-        for name in order if i % 2 == 0 else reversed(order):
-            t0, c0 = time.perf_counter(), time.process_time()
-            fns[name]()
-            wall[name].append(time.perf_counter() - t0)
-            cpu[name].append(time.process_time() - c0)
-    return wall, cpu
 
 
 def _unfused_forward(module: nn.Module, compute: str, input: torch.Tensor) -> torch.Tensor:
@@ -179,7 +153,7 @@ def sweep_times(config: GPTConfig, batch: int, seq_len: int, steps: int, warmup:
     for key, model in models.items():
         opt = optimizers.AdamW([p for p in model.parameters()], lr=1e-3, weight_decay=0.1)
         fns[key] = _bare_step(model, opt, idx, targets)
-    wall, cpu = _time_interleaved(fns, steps, warmup)
+    wall, cpu = time_interleaved(fns, steps, warmup)
     med = statistics.median
     return {
         "times_s": wall,
@@ -274,7 +248,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         opt = optimizers.AdamW(mp.param_groups("adamw", lr=1e-3, weight_decay=0.1))
         models[name] = (model, mp)
         steps[name] = _train_step(model, mp, opt, idx, targets)
-    step_times, step_cpu = _time_interleaved(steps, args.steps, args.warmup)
+    step_times, step_cpu = time_interleaved(steps, args.steps, args.warmup)
 
     # Forward only: the folded model against the plain model (and the unfolded one, for reference).
     vector_model, vector_mp = models["vector/auto"]
@@ -282,7 +256,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     folded = copy.deepcopy(vector_model)
     P.fold(folded)
     plain_model = models["plain"][0]
-    fwd_times, fwd_cpu = _time_interleaved(
+    fwd_times, fwd_cpu = time_interleaved(
         {"plain": _forward(plain_model, idx), "folded": _forward(folded, idx), "vector/auto": _forward(unfolded, idx)},
         args.forward_steps,
         args.warmup,
@@ -292,20 +266,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     med = statistics.median
     plain_step = med(step_times["plain"])
-    rows = []
-    for name in ("vector/auto", "vector/weight", "vector/activation", "vector/unfused"):
-        rows.append(dict(name=f"train step {name}", ours_s=med(step_times[name]), peer="plain", peer_s=plain_step,
-                         goal=1.05 if name == "vector/auto" else None))
+    rows = [
+        ratio_row(f"train step {name}", med(step_times[name]), "plain", plain_step, 1.05 if name == "vector/auto" else None)
+        for name in ("vector/auto", "vector/weight", "vector/activation", "vector/unfused")
+    ]
     plain_fwd = med(fwd_times["plain"])
-    rows.append(dict(name="forward folded", ours_s=med(fwd_times["folded"]), peer="plain", peer_s=plain_fwd, goal=1.02))
-    rows.append(dict(name="forward vector/auto", ours_s=med(fwd_times["vector/auto"]), peer="plain", peer_s=plain_fwd, goal=None))
+    rows.append(ratio_row("forward folded", med(fwd_times["folded"]), "plain", plain_fwd, 1.02))
+    rows.append(ratio_row("forward vector/auto", med(fwd_times["vector/auto"]), "plain", plain_fwd, None))
     mins = {("train step " + k): (min(v), min(step_times["plain"])) for k, v in step_times.items()}
     mins.update({("forward " + k): (min(v), min(fwd_times["plain"])) for k, v in fwd_times.items()})
     cpu_medians = {("train step " + k): (med(v), med(step_cpu["plain"])) for k, v in step_cpu.items()}
     cpu_medians.update({("forward " + k): (med(v), med(fwd_cpu["plain"])) for k, v in fwd_cpu.items()})
     for r in rows:
-        r["ratio"] = r["ours_s"] / r["peer_s"]
-        r["meets_goal"] = (r["ratio"] <= r["goal"]) if r["goal"] is not None else None
         # The fastest call is the least disturbed by other load on a shared machine.
         ours_min, peer_min = mins[r["name"]]
         r["ratio_of_minima"] = ours_min / peer_min
@@ -327,7 +299,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "model": config.to_dict(),
-        "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": torch.get_num_threads()},
+        "machine": machine(args.device),
         "tokens_per_step": args.batch * config.seq_len,
         "parameters": n_params,
         "multiplier_parameters": n_mult,
@@ -369,13 +341,7 @@ def render(result: dict[str, Any], console: Console) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    args = parse_args(argv)
-    result = run(args)
-    render(result, Console(width=160))
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2))
-    return result
+    return run_script(argv, parse_args, run, render, width=160)
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ from .distributed import orthogonalize_distributed
 from .matrix_view import as_matrices, check_matrix_view, matrix_fans
 from .newton_schulz import NS_METHODS, check_coefficients
 from .orthogonalize import coefficients_key as _coefficients_key
-from .orthogonalize import orthogonalize_updates
+from .orthogonalize import Orthogonalize, orthogonalize_updates
 
 __all__ = ["Muon", "matrix_fans", "muon_momentum", "orthogonalize_updates"]
 
@@ -157,11 +157,18 @@ class Muon(GuardedOptimizer):
             results are all-gathered. Every rank must step with the same (all-reduced) gradients.
             ``None`` (default): each rank orthogonalizes all its plain-tensor updates. FSDP2 (DTensor)
             parameters need nothing: their work is always split over their mesh.
+        orthogonalize: replaces the local Newton–Schulz (:data:`optimizers.orthogonalize.Orthogonalize`,
+            the ``orthogonalize=`` hook of :func:`optimizers.distributed.orthogonalize_distributed`): a
+            callable mapping a list of whole plain ``[..., m, n]`` matrices to their orthogonalized
+            matrices, e.g. to count the matrices a rank computes or to use an exact SVD. It gets no
+            ``ns_steps``/``ns_coefficients``/``ns_dtype``/``ns_method``: it decides them. Under DDP and FSDP2
+            the communication stays the same. ``None`` (default):
+            :func:`optimizers.orthogonalize.orthogonalize_updates` with the group's settings.
 
     ``defaults`` (torch's) holds ``lr``, ``weight_decay`` and ``momentum`` (what torch's schedulers read);
     the per-rule defaults that fill a group are ``muon_defaults`` and ``adamw_defaults``. ``ns_dtype``,
-    ``ns_method``, ``nonfinite`` and ``process_group`` apply to the whole optimizer and are not part of
-    ``state_dict()``.
+    ``ns_method``, ``nonfinite``, ``process_group`` and ``orthogonalize`` apply to the whole optimizer and
+    are not part of ``state_dict()``.
     """
 
     def __init__(
@@ -184,6 +191,7 @@ class Muon(GuardedOptimizer):
         decay: Literal["lr", "independent"] = "lr",
         nonfinite: Literal["raise", "skip"] | None = None,
         process_group: Any = None,
+        orthogonalize: Orthogonalize | None = None,
     ) -> None:
         self.muon_defaults: dict[str, Any] = dict(
             lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay, decay=decay,
@@ -201,7 +209,13 @@ class Muon(GuardedOptimizer):
         V.check_choice("nonfinite", nonfinite, V.NONFINITE_MODES)
         self.ns_dtype = ns_dtype
         self.nonfinite = nonfinite
+        if orthogonalize is not None and not callable(orthogonalize):
+            raise TypeError(
+                f"orthogonalize must be a callable (list of matrices -> list of orthogonalized matrices) or None "
+                f"for the default Newton–Schulz, got {type(orthogonalize).__name__}: {orthogonalize!r}"
+            )
         self.process_group = process_group
+        self.orthogonalize = orthogonalize
         self.skipped_steps = 0
         # torch fills every group with `defaults`; the per-rule defaults are applied in add_param_group.
         # `momentum` is here so that torch's cycle_momentum schedulers accept this optimizer.
@@ -342,7 +356,10 @@ class Muon(GuardedOptimizer):
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
-        for key in ("muon_defaults", "adamw_defaults", "ns_dtype", "ns_method", "nonfinite", "skipped_steps", "process_group"):
+        for key in (
+            "muon_defaults", "adamw_defaults", "ns_dtype", "ns_method", "nonfinite", "skipped_steps", "process_group",
+            "orthogonalize",
+        ):
             state[key] = getattr(self, key)
         return state
 
@@ -354,7 +371,10 @@ class Muon(GuardedOptimizer):
             if group["algorithm"] == "adamw":
                 for key, value in ADAMW_GROUP_DEFAULTS.items():
                     group.setdefault(key, value)
-        for key, value in (("skipped_steps", 0), ("nonfinite", None), ("ns_dtype", None), ("ns_method", "standard"), ("process_group", None)):
+        for key, value in (
+            ("skipped_steps", 0), ("nonfinite", None), ("ns_dtype", None), ("ns_method", "standard"),
+            ("process_group", None), ("orthogonalize", None),
+        ):
             self.__dict__.setdefault(key, value)
 
     @torch.no_grad()
@@ -394,6 +414,7 @@ class Muon(GuardedOptimizer):
             orthogonal = orthogonalize_distributed(
                 [as_matrices(u, g.get("matrix_view")) for g, _, u in items], steps=steps,
                 coefficients=coefficients, dtype=self.ns_dtype, process_group=self.process_group, method=self.ns_method,
+                orthogonalize=self.orthogonalize,
             )
             results.extend((g, p, o) for (g, p, _), o in zip(items, orthogonal))
 

@@ -226,13 +226,22 @@ def register_role(module_type: type | str, *, param: str, role: Role | str) -> N
         raise TypeError(f"module_type must be an nn.Module subclass or a 'module.QualName' string, got {module_type!r}")
 
 
-def _registered(module: nn.Module, param: str, by_type: dict, by_name: dict):  # type: ignore[type-arg]
+def _lookup(module: nn.Module, param: str, by_type: dict, by_name: dict, rules: list):  # type: ignore[type-arg]
+    """The registered entry for ``module.<param>`` (nearest class in the MRO first, by class or by
+    ``"module.QualName"``), else the first built-in rule that answers, else ``None``."""
     for cls in type(module).__mro__:
         name = f"{cls.__module__}.{cls.__qualname__}"
         if (name, param) in by_name:
             return by_name[(name, param)]
         if (cls, param) in by_type:
             return by_type[(cls, param)]
+    p = module._parameters.get(param)
+    if p is None:
+        return None
+    for rule in rules:
+        found = rule(module, param, p)
+        if found is not None:
+            return found
     return None
 
 
@@ -242,32 +251,12 @@ def weight_layout(module: nn.Module, param: str = "weight") -> WeightLayout | No
     Registered types (:func:`register_layout`, nearest class in the MRO first) come before the
     built-in structural rules of :mod:`parametrization.layouts`.
     """
-    found = _registered(module, param, _LAYOUTS, _LAYOUTS_BY_NAME)
-    if found is not None:
-        return found
-    p = module._parameters.get(param)
-    if p is None:
-        return None
-    for rule in _LAYOUT_RULES:
-        found = rule(module, param, p)
-        if found is not None:
-            return found
-    return None
+    return _lookup(module, param, _LAYOUTS, _LAYOUTS_BY_NAME, _LAYOUT_RULES)
 
 
 def role_rule(module: nn.Module, param: str) -> Role | None:
     """The role :func:`register_role` or a built-in rule gives ``module.<param>``, else ``None``."""
-    found = _registered(module, param, _ROLES, _ROLES_BY_NAME)
-    if found is not None:
-        return found
-    p = module._parameters.get(param)
-    if p is None:
-        return None
-    for rule in _ROLE_RULES:
-        found = rule(module, param, p)
-        if found is not None:
-            return found
-    return None
+    return _lookup(module, param, _ROLES, _ROLES_BY_NAME, _ROLE_RULES)
 
 
 def _is_linear_like(module: nn.Module) -> bool:

@@ -4,6 +4,7 @@ inside the spawned gloo processes (see ``_harness.py``); each scenario returns a
 from __future__ import annotations
 
 import contextlib
+import math
 from unittest import mock
 
 import torch.distributed as dist
@@ -12,6 +13,7 @@ from torch.distributed.tensor import DTensor
 
 import optimizers
 from optimizers import distributed, orthogonalize
+from optimizers.orthogonalize import Orthogonalize
 from reference_models import GPT
 from tests.distributed._harness import Context
 from tests.distributed._model import (
@@ -29,60 +31,35 @@ from tests.distributed._model import (
     train,
 )
 
-# Muon has no per-instance seam for its orthogonalizer, so the two context managers below wrap the
-# module functions its step reaches; the primitives' own tests use the documented ``orthogonalize=``
-# hook instead.
+
+def counting_orthogonalize(counts: list[int], method: str = "standard") -> Orthogonalize:
+    """A ``Muon(orthogonalize=...)`` hook that counts the whole matrices this rank orthogonalizes, then
+    does what Muon's default does (5 quintic Newton–Schulz steps, ``method``)."""
+
+    def orth(matrices: list) -> list:
+        counts.append(sum(math.prod(m.shape[:-2]) for m in matrices))
+        return orthogonalize.orthogonalize_updates(matrices, steps=5, coefficients="quintic", dtype=None, method=method)
+
+    return orth
+
+
+# The two context managers below patch library functions on purpose: the first observes which
+# Newton–Schulz method is reached (the hook above replaces the method, so it cannot show it); the
+# second injects a bug into the communication path, which the hook (whole matrices in, whole
+# matrices out) cannot reach.
 
 
 @contextlib.contextmanager
-def count_newton_schulz(counts: list[int], methods: set | None = None):
-    """Count the whole matrices this rank hands to Newton–Schulz (through Muon's local path)."""
+def record_newton_schulz_methods(methods: set):
+    """Record the ``method`` of every Newton–Schulz call made on Muon's default local path."""
     original = orthogonalize.newton_schulz
 
-    def counting(x, *args, **kwargs):
-        counts.append(x.shape[0] if x.ndim == 3 else 1)
-        if methods is not None:
-            methods.add(kwargs.get("method"))
+    def recording(x, *args, **kwargs):
+        methods.add(kwargs.get("method"))
         return original(x, *args, **kwargs)
 
-    with mock.patch.object(orthogonalize, "newton_schulz", counting):
+    with mock.patch.object(orthogonalize, "newton_schulz", recording):
         yield
-
-def _n_muon_matrices(opt) -> int:
-    return sum(len(g["params"]) for g in opt.param_groups if g["algorithm"] == "muon")
-
-
-def _fsdp_parity(ctx: Context, multipliers: str, clip: float | None, **opt_kw) -> dict:
-    data = batches(STEPS)
-    ref_model, ref_mp, ref_norms, ref_groups = reference(multipliers, data, clip, **opt_kw)
-    mesh = init_device_mesh("cpu", (ctx.world_size,))
-    model, mp = build(multipliers)
-    roles_before = mp.roles
-    shard_fsdp(model, mesh)
-    opt = make_optimizer(mp, **opt_kw)
-    counts: list[int] = []
-    methods: set = set()
-    with count_newton_schulz(counts, methods):
-        norms = train(model, opt, mp, data, ctx.rank, ctx.world_size, clip)
-    uneven = [n for n, p in model.named_parameters() if p.shape[0] % ctx.world_size]
-    return {
-        "max_diff": max_diff(full_state(model), full_state(ref_model)),
-        "norms": norms,
-        "ref_norms": ref_norms,
-        "ns_matrices_per_step": sum(counts) / STEPS,
-        "n_muon_matrices": _n_muon_matrices(opt),
-        "uneven_params": uneven,
-        "all_dtensor": all(isinstance(p, DTensor) for p in model.parameters()),
-        "roles_kept": mp.roles == roles_before == ref_mp.roles,
-        "n_multipliers": len(mp.multiplier_parameters()),
-        "groups_match": group_summary(opt) == ref_groups,
-        "ns_methods": sorted(map(str, methods)),
-    }
-
-
-def fsdp_muon_gram(ctx: Context) -> dict:
-    return _fsdp_parity(ctx, "none", clip=None, ns_method="gram")
-
 
 
 @contextlib.contextmanager
@@ -99,6 +76,54 @@ def orthogonalize_local_shards():
 
     with mock.patch.object(distributed, "orthogonalize_dtensors", naive):
         yield
+
+
+def _n_muon_matrices(opt) -> int:
+    return sum(len(g["params"]) for g in opt.param_groups if g["algorithm"] == "muon")
+
+
+def _parity(model, ref_model, norms, ref_norms, counts: list[int] | None, opt, ref_groups) -> dict:
+    """What every Muon scenario reports against its single-process reference."""
+    out = {
+        "max_diff": max_diff(full_state(model), full_state(ref_model)),
+        "norms": norms,
+        "ref_norms": ref_norms,
+        "n_muon_matrices": _n_muon_matrices(opt),
+        "groups_match": group_summary(opt) == ref_groups,
+    }
+    if counts is not None:
+        out["ns_matrices_per_step"] = sum(counts) / STEPS
+    return out
+
+
+def _fsdp_parity(ctx: Context, multipliers: str, clip: float | None, count: bool = True, **opt_kw) -> dict:
+    """FSDP2 run vs one process; with ``count`` Muon gets :func:`counting_orthogonalize` as its hook."""
+    data = batches(STEPS)
+    ref_model, ref_mp, ref_norms, ref_groups = reference(multipliers, data, clip, **opt_kw)
+    mesh = init_device_mesh("cpu", (ctx.world_size,))
+    model, mp = build(multipliers)
+    roles_before = mp.roles
+    shard_fsdp(model, mesh)
+    counts: list[int] | None = [] if count else None
+    if counts is not None:
+        opt_kw["orthogonalize"] = counting_orthogonalize(counts, opt_kw.get("ns_method", "standard"))
+    opt = make_optimizer(mp, **opt_kw)
+    norms = train(model, opt, mp, data, ctx.rank, ctx.world_size, clip)
+    uneven = [n for n, p in model.named_parameters() if p.shape[0] % ctx.world_size]
+    return {
+        **_parity(model, ref_model, norms, ref_norms, counts, opt, ref_groups),
+        "uneven_params": uneven,
+        "all_dtensor": all(isinstance(p, DTensor) for p in model.parameters()),
+        "roles_kept": mp.roles == roles_before == ref_mp.roles,
+        "n_multipliers": len(mp.multiplier_parameters()),
+    }
+
+
+def fsdp_muon_gram(ctx: Context) -> dict:
+    methods: set = set()
+    with record_newton_schulz_methods(methods):
+        result = _fsdp_parity(ctx, "none", clip=None, count=False, ns_method="gram")
+    return {**result, "ns_methods": sorted(map(str, methods))}
 
 
 def fsdp_muon_plain(ctx: Context) -> dict:
@@ -134,18 +159,10 @@ def ddp_muon_multipliers(ctx: Context) -> dict:
     ref_model, _, ref_norms, ref_groups = reference("vector", data, clip=0.05)
     model, mp = build("vector")
     ddp = DistributedDataParallel(model)
-    opt = make_optimizer(mp, process_group=dist.group.WORLD)
     counts: list[int] = []
-    with count_newton_schulz(counts):
-        norms = train(ddp, opt, mp, data, ctx.rank, ctx.world_size, clip=0.05)
-    return {
-        "max_diff": max_diff(full_state(model), full_state(ref_model)),
-        "norms": norms,
-        "ref_norms": ref_norms,
-        "ns_matrices_per_step": sum(counts) / STEPS,
-        "n_muon_matrices": _n_muon_matrices(opt),
-        "groups_match": group_summary(opt) == ref_groups,
-    }
+    opt = make_optimizer(mp, process_group=dist.group.WORLD, orthogonalize=counting_orthogonalize(counts))
+    norms = train(ddp, opt, mp, data, ctx.rank, ctx.world_size, clip=0.05)
+    return _parity(model, ref_model, norms, ref_norms, counts, opt, ref_groups)
 
 
 

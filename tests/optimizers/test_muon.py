@@ -125,7 +125,42 @@ def test_defaults_are_the_documented_values() -> None:
     assert opt.adamw_defaults == dict(lr=3e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0, amsgrad=False,
                                       maximize=False, decay="lr")
     assert (opt.ns_dtype, opt.ns_method, opt.nonfinite, opt.process_group) == (None, "standard", None, None)
+    assert opt.orthogonalize is None
     assert opt.defaults == dict(lr=0.02, weight_decay=0.1, momentum=0.95)
+
+
+def test_orthogonalize_hook_replaces_newton_schulz_and_stays_out_of_state_dict() -> None:
+    """The hook gets every Muon matrix once per step (as [..., m, n] matrices) and its output is what
+    the step applies: an exact polar factor (SVD) gives an update whose singular values are all lr."""
+    torch.manual_seed(0)
+    shapes = [(6, 4), (4, 6), (3, 5, 2)]
+    seen: list[tuple[int, ...]] = []
+
+    def polar(mats: list[torch.Tensor]) -> list[torch.Tensor]:
+        seen.extend(tuple(m.shape) for m in mats)
+        out = []
+        for m in mats:
+            u, _, vh = torch.linalg.svd(m, full_matrices=False)
+            out.append(u @ vh)
+        return out
+
+    ps = [torch.randn(s, requires_grad=True) for s in shapes]
+    start = [p.detach().clone() for p in ps]
+    opt = Muon(ps, lr=0.1, weight_decay=0.0, lr_scale="none", orthogonalize=polar)
+    for p in ps:
+        p.grad = torch.randn_like(p)
+    opt.step()
+    assert sorted(seen) == sorted(shapes)
+    for p, w in zip(ps, start):
+        sv = torch.linalg.svdvals(p.detach() - w)
+        assert torch.allclose(sv, torch.full_like(sv, 0.1), atol=1e-5)
+    assert "orthogonalize" not in repr(opt.state_dict()["param_groups"])
+    assert copy.deepcopy(opt).orthogonalize is polar
+
+
+def test_orthogonalize_must_be_callable_or_none() -> None:
+    with pytest.raises(TypeError, match="orthogonalize must be a callable.*got str"):
+        Muon([torch.randn(4, 4, requires_grad=True)], orthogonalize="svd")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("ns_method", ["gram", "auto"])

@@ -15,6 +15,7 @@ from transformers.pytorch_utils import Conv1D
 import parametrization as P
 from parametrization.effective_weight import effective_weight, linear_activation_side
 from parametrization.multipliers import _original_class, set_compute
+from tests.parametrization._helpers import SavedBytes
 
 LAYERS = {
     "linear": (lambda: nn.Linear(6, 5), lambda g: torch.randn(2, 3, 6, generator=g)),
@@ -88,28 +89,6 @@ def test_fused_layer_matches_plain_autograd_through_w_eff(kind, spec):
         torch.testing.assert_close(a, e)
 
 
-class _Saved:
-    """Bytes autograd saves for backward that are not parameters (distinct storages)."""
-
-    def __init__(self, params):
-        self.skip = {p.untyped_storage().data_ptr() for p in params}
-        self.seen: dict[int, int] = {}
-
-    def __enter__(self):
-        def pack(t):
-            ptr = t.untyped_storage().data_ptr()
-            if ptr not in self.skip:
-                self.seen[ptr] = t.untyped_storage().nbytes()
-            return t
-
-        self.hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
-        self.hooks.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        self.hooks.__exit__(*exc)
-
-
 @pytest.mark.parametrize("kind", list(LAYERS))
 def test_fused_layer_saves_what_the_plain_layer_saves(kind):
     layer, x = _multiplied(kind, dtype=torch.float32)
@@ -117,11 +96,11 @@ def test_fused_layer_saves_what_the_plain_layer_saves(kind):
     P.fold(plain)
     if x.is_floating_point():
         x.requires_grad_()
-    with _Saved(_params(layer)) as fused:
+    with SavedBytes(_params(layer)) as fused:
         layer(x)
-    with _Saved(_params(plain)) as ref:
+    with SavedBytes(_params(plain)) as ref:
         plain(x)
-    assert sum(fused.seen.values()) == sum(ref.seen.values())
+    assert fused.bytes == ref.bytes
 
 
 def test_bf16_autocast_matches_the_plain_autocast_layer_closely():

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from parametrization.effective_weight import effective_weight, effective_weight_grads
 from parametrization.multiplied_ops import multiplied_conv, multiplied_embedding, multiplied_linear, multiplied_weight
+from tests.parametrization._helpers import SavedBytes
 
 SUBSETS = [tuple(k in letters for k in "src") for letters in ("src", "rc", "sc", "sr", "s", "r", "c", "")]
 
@@ -151,42 +152,16 @@ def test_eq4_grads_match_autograd_of_the_formula_on_a_conv_kernel():
         torch.testing.assert_close(a, e)
 
 
-class _Saved:
-    """Bytes autograd saves for backward that are not parameters (distinct storages)."""
-
-    def __init__(self, exclude: list[torch.Tensor]):
-        self.skip = {t.untyped_storage().data_ptr() for t in exclude}
-        self.seen: dict[int, int] = {}
-
-    def __enter__(self):
-        def pack(t):
-            ptr = t.untyped_storage().data_ptr()
-            if ptr not in self.skip:
-                self.seen[ptr] = t.untyped_storage().nbytes()
-            return t
-
-        self.ctx = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
-        self.ctx.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        self.ctx.__exit__(*exc)
-
-    @property
-    def bytes(self) -> int:
-        return sum(self.seen.values())
-
-
 @pytest.mark.parametrize("activation_side", [False, True])
 def test_linear_saves_no_more_than_the_plain_linear(activation_side):
     x = torch.randn(8, 64, requires_grad=True)
     w = torch.randn(32, 64, requires_grad=True)
     s, r, c = torch.ones(1, requires_grad=True), torch.ones(32, requires_grad=True), torch.ones(64, requires_grad=True)
-    with _Saved([w, s, r, c]) as fused:
+    with SavedBytes([w, s, r, c]) as fused:
         multiplied_linear(x.tanh(), w, None, s, r, c, activation_side=activation_side).sum()
-    with _Saved([w]) as plain:
+    with SavedBytes([w]) as plain:
         F.linear(x.tanh(), w).sum()
-    with _Saved([w, s, r, c]) as autograd_weight_side:
+    with SavedBytes([w, s, r, c]) as autograd_weight_side:
         F.linear(x.tanh(), effective_weight(w, s, r, c)).sum()
     assert fused.bytes == plain.bytes
     assert autograd_weight_side.bytes > plain.bytes  # the cost the fused op removes
@@ -195,9 +170,9 @@ def test_linear_saves_no_more_than_the_plain_linear(activation_side):
 def test_weight_op_keeps_no_intermediate():
     w = torch.randn(3, 16, 8, requires_grad=True)
     s, r, c = (torch.ones(*shape, requires_grad=True) for shape in ((3,), (3, 16), (3, 8)))
-    with _Saved([w, s, r, c]) as fused:
+    with SavedBytes([w, s, r, c]) as fused:
         multiplied_weight(w, s, r, c, row_dim=1, col_dim=2, batch_dim=0)
-    with _Saved([w, s, r, c]) as autograd:
+    with SavedBytes([w, s, r, c]) as autograd:
         effective_weight(w, s, r, c, row_dim=1, col_dim=2, batch_dim=0)
     assert fused.bytes == 0 < autograd.bytes
 
