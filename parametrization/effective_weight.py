@@ -31,6 +31,7 @@ __all__ = [
     "effective_weight",
     "effective_weight_grads",
     "check_multipliers",
+    "multipliers_fit",
     "linear_activation_side",
     "embedding_activation_side",
     "prefers_activation_side",
@@ -42,10 +43,15 @@ def _along(v: Tensor, dim: int, ndim: int, batch_dim: int | None = None) -> Tens
 
     ``v`` is 1-D, or 2-D ``[batch, size]`` when ``batch_dim`` is set (one vector per matrix).
     """
-    shape = [1] * ndim
     if batch_dim is None:
+        if dim == ndim - 1:
+            return v  # a 1-D tensor already broadcasts along the last axis
+        if ndim == 2:
+            return v.unsqueeze(1)
+        shape = [1] * ndim
         shape[dim] = v.shape[-1]
         return v.reshape(shape)
+    shape = [1] * ndim
     shape[batch_dim] = v.shape[0]
     shape[dim] = v.shape[-1]
     if batch_dim > dim:
@@ -96,7 +102,8 @@ def _scaled(
     When autograd is not recording (inside the fused ops' forward and backward), every product
     after the first is done in place on the fresh tensor the first one made, and with
     ``in_place`` the first one too (``t`` is overwritten): fewer weight-sized allocations, which
-    on CPU also spares their page faults.
+    on CPU also spares their page faults. Runs once per layer call, so it is kept free of
+    per-call Python overhead (no closures, no shape lists on the 2-D path).
     """
     ndim = t.ndim
     # Fold the scalar factors (s and the constant) into the smaller vector, never into t.
@@ -104,24 +111,30 @@ def _scaled(
         row = _absorb(row, scalar, fixed)
     elif col is not None:
         col = _absorb(col, scalar, fixed)
-    recording = torch.is_grad_enabled()
-    out = t
-
-    def times(f: Tensor | float) -> Tensor:
-        if recording or (out is t and not in_place):
-            return out * f
-        return out.mul_(f)
-
+    first: Tensor | float | None = None
+    second: Tensor | float | None = None
     if row is not None:
-        out = times(_along(row, rd, ndim, bdim))
-    if col is not None:
-        out = times(_along(col, cd, ndim, bdim))
-    if row is None and col is None:
+        first = _along(row, rd, ndim, bdim)
+        if col is not None:
+            second = _along(col, cd, ndim, bdim)
+    elif col is not None:
+        first = _along(col, cd, ndim, bdim)
+    else:
         if scalar is not None:
-            out = times(scalar.reshape([1] * ndim) if bdim is None else _along(scalar, bdim, ndim))
+            first = scalar.reshape([1] * ndim) if bdim is None else _along(scalar, bdim, ndim)
         if fixed != 1.0:
-            out = times(fixed)
-    return out
+            if first is None:
+                first = fixed
+            else:
+                second = fixed
+    if first is None:
+        return t
+    if torch.is_grad_enabled():  # autograd records these products: no in-place writes
+        out = t * first
+        return out if second is None else out * second
+    out = t.mul_(first) if in_place else t * first
+    return out if second is None else out.mul_(second)
+
 
 def effective_weight_grads(
     weight: Tensor,
@@ -172,40 +185,51 @@ def _multiplier_grads(
     rd: int, cd: int, bdim: int | None, fixed: float, need_s: bool, need_r: bool, need_c: bool,
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
     """``(∂s, ∂r, ∂c)`` of :func:`effective_weight_grads` from one product ``P = W ⊙ G``."""
-    ndim = weight.ndim
     if not (need_s or need_r or need_c):
         return None, None, None
+    ndim = weight.ndim
+    p = weight * grad
+    # fs: f·s as a tensor that broadcasts against one vector per matrix ([m] or [E, m]); None is 1.
+    fs: Tensor | float | None = None if fixed == 1.0 else fixed
+    if scalar is not None:
+        fs = scalar.reshape(()) if bdim is None else scalar.reshape(-1, 1)
+        if fixed != 1.0:
+            fs = fs * fixed
+    gs = gr = gc = None
+    u = None
+    if ndim == 2 and bdim is None:
+        # A plain matrix takes matrix-vector products (P as stored, or its transpose view): the
+        # same contractions as the einsums below, without their per-call parsing.
+        p_rows = p if rd == 0 else p.mT
+        if need_r or (need_s and row is not None):
+            u = p_rows.mv(col) if col is not None else p_rows.sum(1)  # u = P c
+            if need_r:
+                gr = u if fs is None else u * fs
+        if need_c:
+            v = p_rows.mT.mv(row) if row is not None else p_rows.sum(0)  # v = Pᵀ r
+            gc = v if fs is None else v * fs
+        if need_s:
+            if u is not None:
+                total = row.dot(u)  # type: ignore[union-attr]
+            elif col is not None:
+                total = p_rows.sum(0).dot(col)
+            else:
+                total = p.sum()
+            gs = (total if fixed == 1.0 else total * fixed).reshape(scalar.shape)  # type: ignore[union-attr]
+        return gs, gr, gc
     letters = "abcdefghijklmnop"[:ndim]
     b = "" if bdim is None else letters[bdim]
     w_sub, r_sub, c_sub = letters, b + letters[rd], b + letters[cd]
-    p = weight * grad
-    # fs: f·s as a tensor that broadcasts against one vector per matrix ([m] or [E, m]).
-    fs: Tensor | float = fixed
-    if scalar is not None:
-        fs = scalar.reshape(()) * fixed if bdim is None else scalar.reshape(-1, 1) * fixed
-    gs = gr = gc = None
-    u = None
-    # A plain matrix takes matrix-vector products (P as stored, or its transpose view): the same
-    # contractions as the einsums, without their per-call parsing.
-    p_rows = (p if rd == 0 else p.mT) if ndim == 2 and bdim is None else None
     if need_r or (need_s and row is not None):
         # u = P c (or P summed over the non-row axes when there is no c)
-        if p_rows is not None:
-            u = p_rows.mv(col) if col is not None else p_rows.sum(1)
-        else:
-            u = torch.einsum(f"{w_sub},{c_sub}->{r_sub}", p, col) if col is not None else torch.einsum(f"{w_sub}->{r_sub}", p)
+        u = torch.einsum(f"{w_sub},{c_sub}->{r_sub}", p, col) if col is not None else torch.einsum(f"{w_sub}->{r_sub}", p)
         if need_r:
-            gr = fs * u
+            gr = u if fs is None else fs * u
     if need_c:
-        if p_rows is not None:
-            v = p_rows.mT.mv(row) if row is not None else p_rows.sum(0)
-        else:
-            v = torch.einsum(f"{w_sub},{r_sub}->{c_sub}", p, row) if row is not None else torch.einsum(f"{w_sub}->{c_sub}", p)
-        gc = fs * v
+        v = torch.einsum(f"{w_sub},{r_sub}->{c_sub}", p, row) if row is not None else torch.einsum(f"{w_sub}->{c_sub}", p)
+        gc = v if fs is None else fs * v
     if need_s:
-        if u is not None and p_rows is not None:
-            total = row.dot(u)
-        elif u is not None:
+        if u is not None:
             total = torch.einsum(f"{r_sub},{r_sub}->{b}", row, u)
         elif col is not None:
             total = torch.einsum(f"{w_sub},{c_sub}->{b}", p, col)
@@ -213,6 +237,25 @@ def _multiplier_grads(
             total = torch.einsum(f"{w_sub}->{b}", p)
         gs = (total * fixed).reshape(scalar.shape)  # type: ignore[union-attr]
     return gs, gr, gc
+
+
+def multipliers_fit(
+    weight: Tensor, scalar: Tensor | None, row: Tensor | None, col: Tensor | None,
+    row_dim: int = 0, col_dim: int = 1, batch_dim: int | None = None,
+) -> bool:
+    """True when :func:`check_multipliers` would pass; cheap enough to run on every forward."""
+    dtype, device, shape = weight.dtype, weight.device, weight.shape
+    if batch_dim is None:
+        lead: tuple[int, ...] = ()
+        if scalar is not None and (scalar.ndim > 1 or scalar.numel() != 1 or scalar.dtype != dtype or scalar.device != device):
+            return False
+    else:
+        lead = (shape[batch_dim],)
+        if scalar is not None and (scalar.shape != lead or scalar.dtype != dtype or scalar.device != device):
+            return False
+    if row is not None and (row.shape != lead + (shape[row_dim],) or row.dtype != dtype or row.device != device):
+        return False
+    return col is None or (col.shape == lead + (shape[col_dim],) and col.dtype == dtype and col.device == device)
 
 
 def check_multipliers(
@@ -263,7 +306,8 @@ def check_multipliers(
 def _absorb(v: Tensor, scalar: Tensor | None, fixed: float) -> Tensor:
     """Return ``v · s · fixed`` (cheap: ``v`` is a vector, or one vector per batched matrix)."""
     if scalar is not None:
-        v = v * (scalar.reshape(-1) if v.ndim == 1 else scalar.reshape(-1, 1))
+        # s is (1,) or () against a vector, (E,) against one vector per matrix [E, m].
+        v = v * scalar if v.ndim == 1 else v * scalar.reshape(-1, 1)
     if fixed != 1.0:
         v = v * fixed
     return v

@@ -55,7 +55,7 @@ def _autocast_dtype(x: Tensor) -> torch.dtype | None:
 
 
 def _cast(t: Tensor | None, dtype: torch.dtype | None) -> Tensor | None:
-    return t if t is None or dtype is None else t.to(dtype)
+    return t if t is None or dtype is None or t.dtype == dtype else t.to(dtype)
 
 
 def _row_scale(scalar: Tensor | None, row: Tensor | None, fixed: float) -> Tensor | float:
@@ -73,8 +73,9 @@ def _eq4(ctx: Any, w: Tensor, grad_eff: Tensor, s: Tensor | None, r: Tensor | No
     need_w, need_s, need_r, need_c = needs
     if not (need_w or need_s or need_r or need_c):
         return None, None, None, None
-    g = grad_eff.to(w.dtype)
-    own = own or g is not grad_eff
+    g = grad_eff
+    if g.dtype != w.dtype:
+        g, own = g.to(w.dtype), True
     return effective_weight_grads(w, g, s, r, c, fixed=ctx.fixed, needs=(need_w, need_s, need_r, need_c), overwrite_grad=own, **layout)
 
 
@@ -90,7 +91,7 @@ class _LinearFn(torch.autograd.Function):
             xs = xc * _cast(c, xc.dtype) if c is not None else xc
             y = F.linear(xs, _cast(w, xc.dtype))
             scale = _row_scale(s, r, fixed)
-            y = y * (scale.to(y.dtype) if isinstance(scale, Tensor) else scale)
+            y = y * (_cast(scale, y.dtype) if isinstance(scale, Tensor) else scale)
             if b is not None:
                 y = y + _cast(b, y.dtype)
         else:
@@ -106,27 +107,27 @@ class _LinearFn(torch.autograd.Function):
     def backward(ctx: Any, gy: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         xc, w, s, r, c = ctx.saved_tensors
         need_x, need_w, need_b, need_s, need_r, need_c = ctx.needs_input_grad[:6]
+        dtype = xc.dtype
         # One 2-D copy of the incoming gradient (it is often a non-contiguous view), used by
         # every product below, instead of one reshape per product.
-        gy2 = gy.to(xc.dtype).reshape(-1, gy.shape[-1])
+        gy2 = _cast(gy, dtype).reshape(-1, gy.shape[-1])  # type: ignore[union-attr]
         dx = db = None
         if need_x:
             if ctx.activation_side:
                 scale = _row_scale(s, r, ctx.fixed)
-                g = gy2 * (scale.to(gy2.dtype) if isinstance(scale, Tensor) else scale)
-                dx = g @ w.to(gy2.dtype)
+                g = gy2 * (_cast(scale, dtype) if isinstance(scale, Tensor) else scale)
+                dx = g @ _cast(w, dtype)
                 if c is not None:
-                    dx = dx * c.to(dx.dtype)
+                    dx = dx * _cast(c, dtype)
             else:
-                dx = gy2 @ effective_weight(w, s, r, c, fixed=ctx.fixed).to(gy2.dtype)
-            dx = dx.view(*xc.shape[:-1], dx.shape[-1]).to(ctx.x_dtype)
+                dx = gy2 @ _cast(effective_weight(w, s, r, c, fixed=ctx.fixed), dtype)
+            dx = _cast(dx.view(*xc.shape[:-1], dx.shape[-1]), ctx.x_dtype)
         if need_b:
-            db = gy2.sum(0).to(ctx.b_dtype)
-        grads = (None,) * 4
-        if need_w or need_s or need_r or need_c:
-            grad_eff = gy2.mT @ xc.reshape(-1, xc.shape[-1])  # ∂L/∂W_eff of the plain layer
-            grads = _eq4(ctx, w, grad_eff, s, r, c, (need_w, need_s, need_r, need_c))
-        gw, gs, gr, gc = grads
+            db = _cast(gy2.sum(0), ctx.b_dtype)
+        if not (need_w or need_s or need_r or need_c):
+            return dx, None, db, None, None, None, None, None
+        grad_eff = gy2.mT @ xc.reshape(-1, xc.shape[-1])  # ∂L/∂W_eff of the plain layer
+        gw, gs, gr, gc = _eq4(ctx, w, grad_eff, s, r, c, (need_w, need_s, need_r, need_c))
         return dx, gw, db, gs, gr, gc, None, None
 
 

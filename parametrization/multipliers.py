@@ -44,7 +44,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from .effective_weight import check_multipliers, prefers_activation_side
+from .effective_weight import check_multipliers, multipliers_fit, prefers_activation_side
 from .multiplied_ops import multiplied_conv, multiplied_embedding, multiplied_linear, multiplied_weight
 from .placement import Placement
 from .roles import WeightLayout
@@ -75,6 +75,9 @@ def multiplier_names(param: str = "weight") -> tuple[str, str, str]:
     ``multiplier_names("weight") == ("weight_mult_scalar", "weight_mult_row", "weight_mult_col")``.
     """
     return tuple(param + suffix for suffix in MULTIPLIER_SUFFIXES)  # type: ignore[return-value]
+
+
+_WEIGHT_S, _WEIGHT_R, _WEIGHT_C = multiplier_names("weight")
 
 
 def multiplied_fqn(multiplier_fqn: str) -> str | None:
@@ -175,24 +178,29 @@ def _effective_property(param: str) -> property:
 
 def _check(module: _Multiplied, param: str, w: Tensor, s: Tensor | None, r: Tensor | None, c: Tensor | None) -> None:
     spec = module._lrm_specs[param]
+    if multipliers_fit(w, s, r, c, spec.row_dim, spec.col_dim, spec.batch_dim):
+        return  # the every-forward fast path; the message below is built only on failure
     check_multipliers(
         w, s, r, c, row_dim=spec.row_dim, col_dim=spec.col_dim, batch_dim=spec.batch_dim,
         where=f"{_original_class(type(module)).__name__}.{param}",
     )
+    raise AssertionError("multipliers_fit and check_multipliers disagree")  # pragma: no cover
 
 
 class _MultipliedLinear(_Multiplied):
     """``nn.Linear`` and Hugging Face ``Conv1D`` (weight stored ``(in, out)``): one fused op."""
 
     def forward(self, input: Tensor) -> Tensor:
-        w, s, r, c = self._lrm_tensors()
+        params = self._parameters  # type: ignore[attr-defined]
+        w, s, r, c = params["weight"], params.get(_WEIGHT_S), params.get(_WEIGHT_R), params.get(_WEIGHT_C)
+        spec = self._lrm_specs["weight"]
         _check(self, "weight", w, s, r, c)
-        if self._lrm_row_dim == 1:  # stored (in, out): the op takes the (out, in) view
+        if spec.row_dim == 1:  # stored (in, out): the op takes the (out, in) view
             w = w.T
         m, n = w.shape
         mode = self._lrm_compute
         activation = mode == "activation" or (mode == "auto" and prefers_activation_side(input.numel() // n, m, n))
-        return multiplied_linear(input, w, self.bias, s, r, c, fixed=self._lrm_fixed, activation_side=activation)  # type: ignore[attr-defined]
+        return multiplied_linear(input, w, self.bias, s, r, c, fixed=spec.fixed, activation_side=activation)  # type: ignore[attr-defined]
 
 
 class _MultipliedConv(_Multiplied):

@@ -70,10 +70,14 @@ class Parametrization:
 
     def _key(self, fqn: str) -> str:
         """The canonical registry key of ``fqn`` (aliases resolved, wrapper prefixes stripped)."""
-        for name in (fqn, strip_wrappers(fqn)):
-            name = self._table.aliases.get(name, name)
-            if name in self._table.roles:
-                return name
+        table = self._table
+        name = table.aliases.get(fqn, fqn)
+        if name in table.roles:
+            return name
+        name = strip_wrappers(fqn)  # only on a miss: this runs for every parameter at every clip
+        name = table.aliases.get(name, name)
+        if name in table.roles:
+            return name
         raise ValueError(f"parameter {fqn!r} has no role: it was added after parametrize(); parametrize the final model")
 
     def role_of(self, fqn: str) -> Role:
