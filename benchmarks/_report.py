@@ -9,8 +9,11 @@ A script provides ``parse_args(argv) -> Namespace`` (with an ``out`` path or ``N
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import platform
+import random
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -19,7 +22,7 @@ from typing import Any
 import torch
 from rich.console import Console
 
-__all__ = ["machine", "ratio_row", "run_script", "time_interleaved", "write_json"]
+__all__ = ["machine", "paired_ratio", "ratio_row", "run_script", "stable_allocator", "time_interleaved", "write_json"]
 
 
 def _sync() -> None:
@@ -28,10 +31,16 @@ def _sync() -> None:
 
 
 def time_interleaved(
-    fns: dict[str, Callable[[], Any]], n: int, warmup: int = 1
+    fns: dict[str, Callable[[], Any]], n: int, warmup: int = 1, *, seed: int = 0
 ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
-    """Call the contenders in turn ``n`` times each, reversing their order every round, so load drift on
-    a shared machine and any penalty of going first hit all of them alike.
+    """Call the contenders in turn ``n`` times each, in a fresh random order every round, so load drift
+    on a shared machine and any penalty or bonus of a position hit all of them alike.
+
+    No contender runs twice in a row (a round never starts with the previous round's last): a second
+    back-to-back call finds its own weights and activations still in cache and is measurably faster,
+    which once made the first and last contenders of a reversed order look 3 % faster than the rest.
+    Round ``i`` holds the ``i``-th time of every contender, so ``wall[a][i] / wall[b][i]`` is a paired
+    ratio (:func:`paired_ratio`).
 
     Returns wall-clock times and process CPU times (``time.process_time``: all our threads, but not the
     time other processes take the cores away, so steadier on a shared machine). CUDA is synchronized
@@ -42,16 +51,48 @@ def time_interleaved(
             fn()
     wall: dict[str, list[float]] = {k: [] for k in fns}
     cpu: dict[str, list[float]] = {k: [] for k in fns}
-    order = list(fns)
-    for i in range(n):
-        for name in order if i % 2 == 0 else reversed(order):
+    rng = random.Random(seed)
+    last = None
+    for _ in range(n):
+        order = list(fns)
+        rng.shuffle(order)
+        if len(order) > 1 and order[0] == last:
+            order[0], order[-1] = order[-1], order[0]
+        for name in order:
             _sync()
             t0, c0 = time.perf_counter(), time.process_time()
             fns[name]()
             _sync()
             wall[name].append(time.perf_counter() - t0)
             cpu[name].append(time.process_time() - c0)
+        last = order[-1]
     return wall, cpu
+
+
+def paired_ratio(times: dict[str, list[float]], ours: str, peer: str) -> float:
+    """Median over rounds of ``times[ours][i] / times[peer][i]`` (both timed in round ``i``)."""
+    return statistics.median(a / b for a, b in zip(times[ours], times[peer]))
+
+
+def stable_allocator() -> bool:
+    """Keep freed memory in the process (glibc ``mallopt``), so timings do not depend on fresh pages.
+
+    By default glibc returns large freed blocks to the OS and maps new ones on the next allocation;
+    on a virtual machine each fresh page can also cost a fault on the host. On the 2-core VM these
+    benchmarks were developed on, two identical copies of a model then differed by up to ±15 % in
+    step time, depending on where their tensors landed. With mmap capped at glibc's maximum
+    threshold (32 MiB), no trimming and a 64 MiB top pad, the same A/A comparison stays within
+    ±1 %. Applied to every contender alike; returns False (and changes nothing) off glibc.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
+        ok = libc.mallopt(m_mmap_threshold, 32 * 1024 * 1024) == 1
+        ok &= libc.mallopt(m_trim_threshold, 2**31 - 1) == 1
+        ok &= libc.mallopt(m_top_pad, 64 * 1024 * 1024) == 1
+        return bool(ok)
+    except (OSError, AttributeError):
+        return False
 
 
 def machine(device: str = "cpu") -> dict[str, Any]:
@@ -87,9 +128,15 @@ def run_script(
     render: Callable[[dict[str, Any], Console], None],
     width: int = 150,
 ) -> dict[str, Any]:
-    """Parse, run, print, and write the JSON to ``args.out`` when it is set; returns the result."""
+    """Parse, run, print, and write the JSON to ``args.out`` when it is set; returns the result.
+
+    The allocator is made stable first (:func:`stable_allocator`), before any tensor is made.
+    """
     args = parse_args(argv)
+    allocator = stable_allocator()
     result = run(args)
+    if isinstance(result.get("machine"), dict):
+        result["machine"]["stable_allocator"] = allocator
     render(result, Console(width=width))
     if getattr(args, "out", None) is not None:
         write_json(result, args.out)

@@ -20,10 +20,13 @@ activation side, and a width sweep (``--widths``, 2 layers, 8×256 tokens); goal
 ≤ 1.02. On CUDA (``--device cuda``) also ``torch.cuda.max_memory_allocated`` of a train step.
 The sweep also times train steps (plain, fused, unfused; interleaved, ``--sweep-steps``).
 
-Ratios reported: each step time ÷ ``plain`` (goal for ``vector/auto``: ≤ 1.05 on CPU) and
-folded forward ÷ plain forward (goal ≤ 1.02, i.e. no inference cost), as a ratio of medians (the
-goal is judged on it), as a ratio of minima, and as a ratio of median process CPU times (the last
-two are less sensitive to other load on a shared machine).
+Ratios reported: each step time ÷ ``plain`` (goal for ``vector/auto``: ≤ 1.05 on CPU), fused ÷
+unfused (goal ≤ 1) and folded forward ÷ plain forward (goal ≤ 1.02, i.e. no inference cost), as a
+ratio of medians (the goal is judged on it), as a paired ratio (median over rounds of the two times
+taken in the same round), as a ratio of minima, and as a ratio of median process CPU times.
+``plain (copy)`` is a second, identical plain model timed alongside: its ratio to ``plain`` is the
+noise floor of the run. Train steps are timed on ``--instances`` fresh copies of every contender
+(pooled), because where a model's tensors land in memory moves its step time by a few percent.
 
 Usage::
 
@@ -52,7 +55,7 @@ import optimizers
 import parametrization as P
 from parametrization.effective_weight import effective_weight, embedding_activation_side, linear_activation_side
 from parametrization.multipliers import is_multiplied, set_compute
-from benchmarks._report import machine, ratio_row, run_script, time_interleaved
+from benchmarks._report import machine, paired_ratio, ratio_row, run_script, time_interleaved
 from reference_models import GPT, GPTConfig
 
 MEMORY_ROWS = (
@@ -145,20 +148,31 @@ def memory_row(name: str, config: GPTConfig, batch: int, seq_len: int, compute: 
     return row
 
 
-def sweep_times(config: GPTConfig, batch: int, seq_len: int, steps: int, warmup: int, device: str) -> dict[str, Any]:
-    """Interleaved train-step times of plain, vector (fused) and vector/unfused at one width."""
-    models = _contenders(config, "auto", device)
+def sweep_times(config: GPTConfig, batch: int, seq_len: int, steps: int, warmup: int, device: str, instances: int = 1) -> dict[str, Any]:
+    """Interleaved train-step times of plain, vector (fused) and vector/unfused at one width, pooled
+    over ``instances`` fresh copies of the three models."""
     idx, targets = _batch(config, batch, seq_len, device)
-    fns = {}
-    for key, model in models.items():
-        opt = optimizers.AdamW([p for p in model.parameters()], lr=1e-3, weight_decay=0.1)
-        fns[key] = _bare_step(model, opt, idx, targets)
-    wall, cpu = time_interleaved(fns, steps, warmup)
+    wall: dict[str, list[float]] = {}
+    cpu: dict[str, list[float]] = {}
+    for instance in range(instances):
+        models = _contenders(config, "auto", device)
+        fns = {}
+        for key, model in models.items():
+            opt = optimizers.AdamW([p for p in model.parameters()], lr=1e-3, weight_decay=0.1)
+            fns[key] = _bare_step(model, opt, idx, targets)
+        w, c = time_interleaved(fns, steps, warmup, seed=instance)
+        for key in fns:
+            wall.setdefault(key, []).extend(w[key])
+            cpu.setdefault(key, []).extend(c[key])
+        del models, fns
     med = statistics.median
     return {
         "times_s": wall,
         "ratio": med(wall["vector"]) / med(wall["plain"]),
         "ratio_unfused": med(wall["vector/unfused"]) / med(wall["plain"]),
+        "paired_ratio": paired_ratio(wall, "vector", "plain"),
+        "paired_ratio_unfused": paired_ratio(wall, "vector/unfused", "plain"),
+        "paired_ratio_fused_vs_unfused": paired_ratio(wall, "vector", "vector/unfused"),
         "cpu_time_ratio": med(cpu["vector"]) / med(cpu["plain"]),
         "cpu_time_ratio_unfused": med(cpu["vector/unfused"]) / med(cpu["plain"]),
     }
@@ -196,7 +210,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="small", help="GPTConfig preset (default: small)")
     ap.add_argument("--batch", type=int, default=16, help="sequences per step (TrainConfig's default)")
-    ap.add_argument("--steps", type=int, default=20, help="timed training steps per contender")
+    ap.add_argument("--steps", type=int, default=20, help="timed training steps per contender and instance")
+    ap.add_argument("--instances", type=int, default=3, help="fresh copies of every contender, timed in turn and pooled")
     ap.add_argument("--forward-steps", type=int, default=30, help="timed forwards per contender")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
@@ -210,11 +225,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = ap.parse_args(argv)
     if args.quick:
-        args.preset, args.batch, args.steps, args.forward_steps, args.warmup = "tiny", 2, 2, 2, 1
+        args.preset, args.batch, args.steps, args.forward_steps, args.warmup, args.instances = "tiny", 2, 2, 2, 1, 1
         args.widths, args.sweep_batch, args.sweep_seq, args.sweep_steps, args.no_memory_rows = [32, 64], 2, 32, 1, True
     if args.sweep_steps < 0:
         raise SystemExit(f"--sweep-steps must be >= 0, got {args.sweep_steps}")
-    for name in ("batch", "steps", "forward_steps", "sweep_batch", "sweep_seq"):
+    for name in ("batch", "steps", "instances", "forward_steps", "sweep_batch", "sweep_seq"):
         if getattr(args, name) < 1:
             raise SystemExit(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.warmup < 0:
@@ -232,23 +247,34 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     idx = torch.randint(0, config.vocab_size, (args.batch, config.seq_len), generator=g)
     targets = torch.randint(0, config.vocab_size, (args.batch, config.seq_len), generator=g)
 
-    steps: dict[str, Callable[[], None]] = {}
-    models: dict[str, tuple[GPT, P.Parametrization]] = {}
-    for name, placement, compute in (
+    contenders = (
         ("plain", "none", "auto"),
+        ("plain (copy)", "none", "auto"),  # an A/A control: its ratio to plain is the noise floor
         ("vector/auto", "vector", "auto"),
         ("vector/weight", "vector", "weight"),
         ("vector/activation", "vector", "activation"),
         ("vector/unfused", "vector", "weight"),
-    ):
-        model = copy.deepcopy(base)
-        mp = P.parametrize(model, placement, compute=compute)
-        if name == "vector/unfused":
-            unfuse(model)
-        opt = optimizers.AdamW(mp.param_groups("adamw", lr=1e-3, weight_decay=0.1))
-        models[name] = (model, mp)
-        steps[name] = _train_step(model, mp, opt, idx, targets)
-    step_times, step_cpu = time_interleaved(steps, args.steps, args.warmup)
+    )
+    step_times: dict[str, list[float]] = {name: [] for name, _, _ in contenders}
+    step_cpu: dict[str, list[float]] = {name: [] for name, _, _ in contenders}
+    models: dict[str, tuple[GPT, P.Parametrization]] = {}
+    for instance in range(args.instances):
+        # Fresh copies per instance: where a model's tensors land in memory moves its step time by a
+        # few percent, so the pooled times average over several placements.
+        steps: dict[str, Callable[[], None]] = {}
+        models = {}
+        for name, placement, compute in contenders:
+            model = copy.deepcopy(base)
+            mp = P.parametrize(model, placement, compute=compute)
+            if name == "vector/unfused":
+                unfuse(model)
+            opt = optimizers.AdamW(mp.param_groups("adamw", lr=1e-3, weight_decay=0.1))
+            models[name] = (model, mp)
+            steps[name] = _train_step(model, mp, opt, idx, targets)
+        wall, cpu = time_interleaved(steps, args.steps, args.warmup, seed=instance)
+        for name in steps:
+            step_times[name] += wall[name]
+            step_cpu[name] += cpu[name]
 
     # Forward only: the folded model against the plain model (and the unfolded one, for reference).
     vector_model, vector_mp = models["vector/auto"]
@@ -267,16 +293,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     med = statistics.median
     plain_step = med(step_times["plain"])
     rows = [
-        ratio_row(f"train step {name}", med(step_times[name]), "plain", plain_step, 1.05 if name == "vector/auto" else None)
-        for name in ("vector/auto", "vector/weight", "vector/activation", "vector/unfused")
+        ratio_row(f"train step {name}", med(step_times[name]), "plain", plain_step, 1.05 if name == "vector/auto" else None,
+                  paired_ratio=paired_ratio(step_times, name, "plain"))
+        for name in ("plain (copy)", "vector/auto", "vector/weight", "vector/activation", "vector/unfused")
     ]
+    rows.append(ratio_row("train step vector/auto vs unfused", med(step_times["vector/auto"]), "vector/unfused",
+                          med(step_times["vector/unfused"]), 1.0, paired_ratio=paired_ratio(step_times, "vector/auto", "vector/unfused")))
     plain_fwd = med(fwd_times["plain"])
-    rows.append(ratio_row("forward folded", med(fwd_times["folded"]), "plain", plain_fwd, 1.02))
-    rows.append(ratio_row("forward vector/auto", med(fwd_times["vector/auto"]), "plain", plain_fwd, None))
+    rows.append(ratio_row("forward folded", med(fwd_times["folded"]), "plain", plain_fwd, 1.02, paired_ratio=paired_ratio(fwd_times, "folded", "plain")))
+    rows.append(ratio_row("forward vector/auto", med(fwd_times["vector/auto"]), "plain", plain_fwd, None, paired_ratio=paired_ratio(fwd_times, "vector/auto", "plain")))
     mins = {("train step " + k): (min(v), min(step_times["plain"])) for k, v in step_times.items()}
     mins.update({("forward " + k): (min(v), min(fwd_times["plain"])) for k, v in fwd_times.items()})
+    mins["train step vector/auto vs unfused"] = (min(step_times["vector/auto"]), min(step_times["vector/unfused"]))
     cpu_medians = {("train step " + k): (med(v), med(step_cpu["plain"])) for k, v in step_cpu.items()}
     cpu_medians.update({("forward " + k): (med(v), med(fwd_cpu["plain"])) for k, v in fwd_cpu.items()})
+    cpu_medians["train step vector/auto vs unfused"] = (med(step_cpu["vector/auto"]), med(step_cpu["vector/unfused"]))
     for r in rows:
         # The fastest call is the least disturbed by other load on a shared machine.
         ours_min, peer_min = mins[r["name"]]
@@ -292,7 +323,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         cfg = GPTConfig.preset("medium", d_model=d, n_layer=2, n_head=max(2, d // 64), seq_len=max(256, args.sweep_seq))
         row = memory_row(f"sweep d={d}", cfg, args.sweep_batch, args.sweep_seq, "auto", args.device)
         if args.sweep_steps:
-            row.update({f"time_{k}": v for k, v in sweep_times(cfg, args.sweep_batch, args.sweep_seq, args.sweep_steps, min(args.warmup, 1), args.device).items()})
+            row.update({f"time_{k}": v for k, v in sweep_times(cfg, args.sweep_batch, args.sweep_seq, args.sweep_steps, min(args.warmup, 1), args.device, args.instances).items()})
         sweep.append(row)
     n_params = sum(p.numel() for p in base.parameters())
     n_mult = sum(p.numel() for p in vector_mp.multiplier_parameters())
@@ -318,24 +349,27 @@ def render(result: dict[str, Any], console: Console) -> None:
         f"(+{result['multiplier_parameters']:,} multipliers), {result['tokens_per_step']} tokens/step, "
         f"{result['machine']['threads']} threads"
     )
-    for col in ("comparison", "median", "peer", "peer median", "ratio", "ratio of minima", "CPU-time ratio", "goal", "ok"):
+    for col in ("comparison", "median", "peer", "peer median", "ratio", "paired ratio", "ratio of minima", "CPU-time ratio", "goal", "ok"):
         table.add_column(col, justify="left" if col in ("comparison", "peer") else "right")
     for r in result["rows"]:
         ok = "-" if r["meets_goal"] is None else ("yes" if r["meets_goal"] else "NO")
         goal = "-" if r["goal"] is None else f"≤ {r['goal']:.2f}"
-        table.add_row(r["name"], f"{r['ours_s'] * 1e3:.2f} ms", r["peer"], f"{r['peer_s'] * 1e3:.2f} ms", f"{r['ratio']:.3f}", f"{r['ratio_of_minima']:.3f}", f"{r['cpu_time_ratio']:.3f}", goal, ok)
+        table.add_row(r["name"], f"{r['ours_s'] * 1e3:.2f} ms", r["peer"], f"{r['peer_s'] * 1e3:.2f} ms", f"{r['ratio']:.3f}",
+                      f"{r['paired_ratio']:.3f}", f"{r['ratio_of_minima']:.3f}", f"{r['cpu_time_ratio']:.3f}", goal, ok)
     console.print(table)
     console.print(f"fold max relative error: {result['fold_max_relative_error']:.2e}")
     mem = Table(title="Saved-for-backward memory (MB, parameters excluded) and sweep step-time ratios (÷ plain)")
     for col in ("row", "tokens", "plain", "vector", "ratio", "unfused", "unfused ratio", "goal ≤ 1.02", "CUDA peak ratio",
-                "time ratio", "time ratio unfused", "CPU-time ratio", "CPU-time ratio unfused"):
+                "time ratio", "time ratio unfused", "paired", "paired unfused", "fused ÷ unfused (paired)", "CPU-time ratio",
+                "CPU-time ratio unfused"):
         mem.add_column(col, justify="left" if col == "row" else "right")
     for r in result["memory_rows"] + result["sweep_rows"]:
         mb = lambda k: f"{r[k] / 1e6:.1f}"  # noqa: E731
         fmt = lambda k: f"{r[k]:.3f}" if k in r else "-"  # noqa: E731
         mem.add_row(r["name"], str(r["tokens"]), mb("saved_bytes/plain"), mb("saved_bytes/vector"), f"{r['saved_ratio']:.3f}",
                     mb("saved_bytes/vector/unfused"), f"{r['saved_ratio_unfused']:.3f}", "yes" if r["meets_goal"] else "NO",
-                    fmt("cuda_peak_ratio"), fmt("time_ratio"), fmt("time_ratio_unfused"), fmt("time_cpu_time_ratio"),
+                    fmt("cuda_peak_ratio"), fmt("time_ratio"), fmt("time_ratio_unfused"), fmt("time_paired_ratio"),
+                    fmt("time_paired_ratio_unfused"), fmt("time_paired_ratio_fused_vs_unfused"), fmt("time_cpu_time_ratio"),
                     fmt("time_cpu_time_ratio_unfused"))
     console.print(mem)
 
