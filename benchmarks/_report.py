@@ -9,7 +9,6 @@ A script provides ``parse_args(argv) -> Namespace`` (with an ``out`` path or ``N
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import platform
 import random
@@ -22,7 +21,7 @@ from typing import Any
 import torch
 from rich.console import Console
 
-__all__ = ["machine", "paired_ratio", "ratio_row", "run_script", "stable_allocator", "time_interleaved", "write_json"]
+__all__ = ["machine", "paired_ratio", "ratio_row", "run_script", "time_interleaved", "write_json"]
 
 
 def _sync() -> None:
@@ -74,27 +73,6 @@ def paired_ratio(times: dict[str, list[float]], ours: str, peer: str) -> float:
     return statistics.median(a / b for a, b in zip(times[ours], times[peer]))
 
 
-def stable_allocator() -> bool:
-    """Keep freed memory in the process (glibc ``mallopt``), so timings do not depend on fresh pages.
-
-    By default glibc returns large freed blocks to the OS and maps new ones on the next allocation;
-    on a virtual machine each fresh page can also cost a fault on the host. On the 2-core VM these
-    benchmarks were developed on, two identical copies of a model then differed by up to ±15 % in
-    step time, depending on where their tensors landed. With mmap capped at glibc's maximum
-    threshold (32 MiB), no trimming and a 64 MiB top pad, the same A/A comparison stays within
-    ±1 %. Applied to every contender alike; returns False (and changes nothing) off glibc.
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
-        ok = libc.mallopt(m_mmap_threshold, 32 * 1024 * 1024) == 1
-        ok &= libc.mallopt(m_trim_threshold, 2**31 - 1) == 1
-        ok &= libc.mallopt(m_top_pad, 64 * 1024 * 1024) == 1
-        return bool(ok)
-    except (OSError, AttributeError):
-        return False
-
-
 def machine(device: str = "cpu") -> dict[str, Any]:
     """Platform, torch version, thread count, device name and the 1-minute load average (where known)."""
     try:
@@ -128,15 +106,9 @@ def run_script(
     render: Callable[[dict[str, Any], Console], None],
     width: int = 150,
 ) -> dict[str, Any]:
-    """Parse, run, print, and write the JSON to ``args.out`` when it is set; returns the result.
-
-    The allocator is made stable first (:func:`stable_allocator`), before any tensor is made.
-    """
+    """Parse, run, print, and write the JSON to ``args.out`` when it is set; returns the result."""
     args = parse_args(argv)
-    allocator = stable_allocator()
     result = run(args)
-    if isinstance(result.get("machine"), dict):
-        result["machine"]["stable_allocator"] = allocator
     render(result, Console(width=width))
     if getattr(args, "out", None) is not None:
         write_json(result, args.out)
