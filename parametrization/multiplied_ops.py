@@ -82,21 +82,26 @@ def _eq4(ctx: Any, w: Tensor, grad_eff: Tensor, s: Tensor | None, r: Tensor | No
 # --------------------------------------------------------------------------- linear
 
 
+def _linear_forward(x: Tensor, w: Tensor, b: Tensor | None, s: Tensor | None, r: Tensor | None, c: Tensor | None, fixed: float, activation_side: bool) -> tuple[Tensor, Tensor]:
+    """``(y, x as cast by autocast)`` of :func:`multiplied_linear`, without autograd."""
+    xc = _cast(x, _autocast_dtype(x))
+    if activation_side:
+        xs = xc * _cast(c, xc.dtype) if c is not None else xc
+        y = F.linear(xs, _cast(w, xc.dtype))
+        scale = _row_scale(s, r, fixed)
+        y = y * (_cast(scale, y.dtype) if isinstance(scale, Tensor) else scale)
+        if b is not None:
+            y = y + _cast(b, y.dtype)
+    else:
+        w_eff = effective_weight(w, s, r, c, fixed=fixed)
+        y = F.linear(xc, _cast(w_eff, xc.dtype), _cast(b, xc.dtype))
+    return y, xc  # type: ignore[return-value]
+
+
 class _LinearFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: Tensor, w: Tensor, b: Tensor | None, s: Tensor | None, r: Tensor | None, c: Tensor | None, fixed: float, activation_side: bool) -> Tensor:  # type: ignore[override]
-        dt = _autocast_dtype(x)
-        xc = _cast(x, dt)
-        if activation_side:
-            xs = xc * _cast(c, xc.dtype) if c is not None else xc
-            y = F.linear(xs, _cast(w, xc.dtype))
-            scale = _row_scale(s, r, fixed)
-            y = y * (_cast(scale, y.dtype) if isinstance(scale, Tensor) else scale)
-            if b is not None:
-                y = y + _cast(b, y.dtype)
-        else:
-            w_eff = effective_weight(w, s, r, c, fixed=fixed)
-            y = F.linear(xc, _cast(w_eff, xc.dtype), _cast(b, xc.dtype))
+        y, xc = _linear_forward(x, w, b, s, r, c, fixed, activation_side)
         ctx.save_for_backward(xc, w, s, r, c)
         ctx.fixed, ctx.activation_side = fixed, activation_side
         ctx.x_dtype = x.dtype
@@ -150,6 +155,8 @@ def multiplied_linear(
     only for ``∂x``. ``activation_side`` (default False) scales ``x`` and ``y`` instead of ``W``:
     O(tokens·(m+n)) instead of O(m·n) element-wise work, same result up to rounding.
     """
+    if not torch.is_grad_enabled():  # inference: the same maths without the Function's per-call cost
+        return _linear_forward(x, weight, bias, scalar, row, col, fixed, activation_side)[0]
     return _LinearFn.apply(x, weight, bias, scalar, row, col, fixed, activation_side)
 
 

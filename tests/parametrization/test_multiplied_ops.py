@@ -231,3 +231,29 @@ def test_linear_second_order_gradients(activation_side):
     s, r, c = _mults(5, 4, (True, True, True), g)
     fn = lambda *a: multiplied_linear(*a[:2], None, *a[2:], fixed=0.5, activation_side=activation_side)  # noqa: E731
     assert torch.autograd.gradgradcheck(fn, (x, w, s, r, c))
+
+
+@pytest.mark.parametrize("activation_side", [False, True])
+@pytest.mark.parametrize("autocast", [False, True])
+def test_linear_without_grad_skips_the_function_and_gives_the_same_output(monkeypatch, activation_side, autocast):
+    from parametrization import multiplied_ops
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 6, 8, generator=g)
+    w, b = torch.randn(5, 8, generator=g, requires_grad=True), torch.randn(5, generator=g, requires_grad=True)
+    s, r, c = (torch.rand(k, generator=g).add(0.5).requires_grad_() for k in (1, 5, 8))
+    ctx = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else torch.autocast("cpu", enabled=False)
+    with ctx:
+        y_grad = multiplied_linear(x, w, b, s, r, c, fixed=0.5, activation_side=activation_side)
+        assert y_grad.grad_fn is not None
+
+        def refuse(*args):
+            raise AssertionError("the autograd.Function ran under no_grad")
+
+        monkeypatch.setattr(multiplied_ops._LinearFn, "apply", refuse)
+        with torch.no_grad():
+            y = multiplied_linear(x, w, b, s, r, c, fixed=0.5, activation_side=activation_side)
+        with torch.inference_mode():
+            y_inf = multiplied_linear(x, w, b, s, r, c, fixed=0.5, activation_side=activation_side)
+    assert y.dtype == y_grad.dtype == (torch.bfloat16 if autocast else torch.float32)
+    assert torch.equal(y, y_grad.detach()) and torch.equal(y_inf, y)
