@@ -5,14 +5,16 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import parametrization as P
 from parametrization.effective_weight import (
+    check_multipliers,
     effective_weight,
     embedding_activation_side,
     linear_activation_side,
+    multipliers_fit,
     prefers_activation_side,
 )
 from parametrization.multipliers import set_compute
@@ -138,3 +140,46 @@ def test_effective_weight_passes_gradcheck():
     s, r, c = (torch.rand(k, generator=g, dtype=torch.float64).add(0.5).requires_grad_() for k in (1, 3, 4))
     assert torch.autograd.gradcheck(lambda W, s, r, c: effective_weight(W, s, r, c, fixed=0.5), (W, s, r, c))
     assert torch.autograd.gradgradcheck(lambda W, r: effective_weight(W, None, r, None), (W, r))
+
+
+# ------------------------------------------------------------------ the every-forward multiplier check
+
+_SHAPE_CHOICES = st.sampled_from(["right", "scalar-like", "too short", "too long", "2-D"])
+
+
+def _multiplier(kind: str, right: tuple[int, ...], dtype: torch.dtype, device: str) -> torch.Tensor:
+    shape = {
+        "right": right,
+        "scalar-like": (),
+        "too short": right[:-1] + (max(right[-1] - 1, 0),),
+        "too long": right[:-1] + (right[-1] + 1,),
+        "2-D": right + (1,),
+    }[kind]
+    return torch.ones(shape, dtype=dtype, device=device)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    m=st.integers(1, 4), n=st.integers(1, 4), batch=st.sampled_from([None, 3]), transposed=st.booleans(),
+    kinds=st.tuples(st.none() | _SHAPE_CHOICES, st.none() | _SHAPE_CHOICES, st.none() | _SHAPE_CHOICES),
+    dtypes=st.tuples(*[st.sampled_from([torch.float32, torch.float64])] * 3),
+    devices=st.tuples(*[st.sampled_from(["cpu", "cpu", "meta"])] * 3),
+)
+def test_multipliers_fit_agrees_with_check_multipliers(m, n, batch, transposed, kinds, dtypes, devices):
+    """The fast check that runs on every forward passes exactly when the full check passes."""
+    rd, cd = (1, 0) if transposed else (0, 1)
+    shape = [0, 0]
+    shape[rd], shape[cd] = m, n
+    bdim = None
+    if batch is not None:
+        shape, bdim, rd, cd = [batch] + shape, 0, rd + 1, cd + 1
+    w = torch.ones(shape)
+    lead = () if batch is None else (batch,)
+    rights = (lead or (1,), lead + (m,), lead + (n,))
+    s, r, c = (None if k is None else _multiplier(k, right, dt, dev) for k, right, dt, dev in zip(kinds, rights, dtypes, devices))
+    try:
+        check_multipliers(w, s, r, c, row_dim=rd, col_dim=cd, batch_dim=bdim)
+        full = True
+    except (ValueError, TypeError):
+        full = False
+    assert multipliers_fit(w, s, r, c, rd, cd, bdim) == full
