@@ -68,6 +68,21 @@ def _row_scale(scalar: Tensor | None, row: Tensor | None, fixed: float) -> Tenso
     return out
 
 
+def _rebuilt_effective_weight(w: Tensor, s: Tensor | None, r: Tensor | None, c: Tensor | None, fixed: float, row_dim: int = 0, col_dim: int = 1) -> Tensor:
+    """``W_eff`` again, in backward, for ``∂x``: the same values as the forward's, another expression.
+
+    Under ``torch.compile``, AOTAutograd traces forward and backward into one graph and merges
+    identical expressions (CSE). The backward's rebuild, written exactly like the forward's,
+    became the forward's ``W_eff``, which the partitioner then kept alive for backward: one
+    weight-sized tensor per layer, the memory this op exists to save (28 extra tensors on the
+    reference GPT ``small``). Built on the view with the row and column axes swapped, the same
+    products in the same order give bitwise the same values but a distinct graph, recomputed from
+    the parameters. In eager mode the transposes are free views.
+    """
+    wt = w.transpose(row_dim, col_dim)
+    return effective_weight(wt, s, r, c, row_dim=col_dim, col_dim=row_dim, fixed=fixed).transpose(row_dim, col_dim)
+
+
 def _eq4(ctx: Any, w: Tensor, grad_eff: Tensor, s: Tensor | None, r: Tensor | None, c: Tensor | None, needs: tuple[bool, ...], *, own: bool = True, **layout: Any) -> tuple[Tensor | None, ...]:
     """Eq. 4 from ``grad_eff``; ``own``: it is a temporary of this backward, so ``∂W`` may reuse it."""
     need_w, need_s, need_r, need_c = needs
@@ -125,7 +140,7 @@ class _LinearFn(torch.autograd.Function):
                 if c is not None:
                     dx = dx * _cast(c, dtype)
             else:
-                dx = gy2 @ _cast(effective_weight(w, s, r, c, fixed=ctx.fixed), dtype)
+                dx = gy2 @ _cast(_rebuilt_effective_weight(w, s, r, c, ctx.fixed), dtype)
             dx = _cast(dx.view(*xc.shape[:-1], dx.shape[-1]), ctx.x_dtype)
         if need_b:
             db = _cast(gy2.sum(0), ctx.b_dtype)
@@ -186,7 +201,7 @@ class _ConvFn(torch.autograd.Function):
         gy = gy.to(xc.dtype)
         # The weight-gradient half of convolution_backward reads only the weight's shape, so
         # W_eff is rebuilt only when ∂x needs it.
-        w_used = effective_weight(w, s, r, c, row_dim=ctx.row_dim, col_dim=ctx.col_dim, fixed=ctx.fixed) if need_x else w
+        w_used = _rebuilt_effective_weight(w, s, r, c, ctx.fixed, ctx.row_dim, ctx.col_dim) if need_x else w
         stride, padding, dilation, transposed, output_padding, groups = ctx.conv
         dx, grad_eff, db = torch.ops.aten.convolution_backward(
             gy, xc, w_used.to(xc.dtype), ctx.bias_sizes, stride, padding, dilation, transposed, output_padding, groups,

@@ -174,6 +174,39 @@ def test_net_compiles_with_zero_graph_breaks_and_matches_eager_gradients():
         torch.testing.assert_close(got[name], eager[name], msg=name)
 
 
+def _compiled_saved(layer: nn.Module, x: torch.Tensor) -> list[tuple[tuple[int, ...], torch.dtype]]:
+    """Shapes and dtypes of what a compiled forward + loss keeps for backward (not parameters)."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    fn = torch.compile(lambda x: layer(x).square().sum(), backend="aot_eager", fullgraph=True)
+    fn(x).backward()
+    params = {p.untyped_storage().data_ptr() for p in layer.parameters()}
+    seen: dict[int, tuple[tuple[int, ...], torch.dtype]] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if t.untyped_storage().data_ptr() not in params:
+            seen[t.untyped_storage().data_ptr()] = (tuple(t.shape), t.dtype)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn(x)
+    return sorted(seen.values())
+
+
+@pytest.mark.parametrize("kind", list(LAYERS))
+@pytest.mark.parametrize("spec", ["src", "r"])
+def test_compiled_layer_keeps_what_the_compiled_plain_layer_keeps(kind, spec):
+    """Under torch.compile the backward's rebuild of W_eff must not be merged with the forward's
+    (AOTAutograd CSE), which would keep a weight-sized W_eff alive for backward."""
+    layer, x = _multiplied(kind, spec)
+    plain = LAYERS[kind][0]().to(torch.float64)
+    if x.is_floating_point():
+        x.requires_grad_()
+    fused_saved, plain_saved = _compiled_saved(layer, x), _compiled_saved(plain, x)
+    assert fused_saved == plain_saved
+
+
 def test_activation_checkpointing_gives_the_same_gradients():
     net, idx = _net()
     plain = _grads(net, net.loss(idx))
