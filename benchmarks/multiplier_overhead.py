@@ -28,9 +28,14 @@ taken in the same round), as a ratio of minima, and as a ratio of median process
 noise floor of the run. Train steps are timed on ``--instances`` fresh copies of every contender
 (pooled), because where a model's tensors land in memory moves its step time by a few percent.
 
+``--compile`` runs every contender through ``torch.compile`` (each is called once before it is
+timed or measured; the saved-for-backward hooks see a compiled graph's saved tensors too) and
+``--bf16`` runs every forward under bf16 autocast: together, the GPU target's setting.
+
 Usage::
 
     python -m benchmarks.multiplier_overhead --out results/multiplier_overhead.json
+    python -m benchmarks.multiplier_overhead --device cuda --compile --bf16 --preset medium --widths 128 256 512 1024 2048
     python -m benchmarks.multiplier_overhead --quick     # seconds; used by the smoke test
     python -m benchmarks.multiplier_overhead --widths 128 256 512 1024 --sweep-steps 5
 """
@@ -41,6 +46,7 @@ import argparse
 import copy
 import functools
 import statistics
+from dataclasses import dataclass
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -89,8 +95,30 @@ def unfuse(model: nn.Module, compute: str = "weight") -> nn.Module:
     return model
 
 
-def saved_bytes(model: nn.Module, *args: Any) -> int:
-    """Bytes autograd keeps for backward after ``model(*args)``: distinct storages, not parameters."""
+@dataclass(frozen=True)
+class RunMode:
+    """How every contender is called: ``torch.compile``-d (``--compile``) and/or under bf16 autocast
+    (``--bf16``). Plain eager float32 by default."""
+
+    compile: bool = False
+    bf16: bool = False
+
+    def call(self, model: nn.Module) -> Callable[..., Any]:
+        fn = torch.compile(model) if self.compile else model
+        if not self.bf16:
+            return fn
+        device = next(model.parameters()).device.type
+
+        def run(*args: Any) -> Any:
+            with torch.autocast(device, dtype=torch.bfloat16):
+                return fn(*args)
+
+        return run
+
+
+def saved_bytes(model: nn.Module, *args: Any, call: Callable[..., Any] | None = None) -> int:
+    """Bytes autograd keeps for backward after ``call(*args)`` (default ``model``): distinct storages, not
+    parameters of ``model``. A compiled forward's saved tensors pass through the same hooks."""
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     seen: dict[int, int] = {}
 
@@ -101,7 +129,7 @@ def saved_bytes(model: nn.Module, *args: Any) -> int:
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss = model(*args)
+        loss = (model if call is None else call)(*args)
     del loss
     return sum(seen.values())
 
@@ -124,18 +152,22 @@ def _batch(config: GPTConfig, batch: int, seq_len: int, device: str) -> tuple[to
     return idx[:, :-1], idx[:, 1:]
 
 
-def memory_row(name: str, config: GPTConfig, batch: int, seq_len: int, compute: str, device: str) -> dict[str, Any]:
+def memory_row(name: str, config: GPTConfig, batch: int, seq_len: int, compute: str, device: str, mode: RunMode = RunMode()) -> dict[str, Any]:
     """Saved-for-backward bytes (and CUDA peak memory of a train step) for plain, vector, unfused."""
     models = _contenders(config, compute, device)
     idx, targets = _batch(config, batch, seq_len, device)
     row: dict[str, Any] = {"name": name, "d_model": config.d_model, "n_layer": config.n_layer, "tokens": batch * seq_len, "compute": compute}
     for key, model in models.items():
-        row[f"saved_bytes/{key}"] = saved_bytes(model, idx, targets)
+        call = mode.call(model)
+        if mode.compile:
+            call(idx, targets).backward()  # compile outside the measurement
+            model.zero_grad(set_to_none=True)
+        row[f"saved_bytes/{key}"] = saved_bytes(model, idx, targets, call=call)
         if device == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
             base = torch.cuda.memory_allocated()
-            model(idx, targets).backward()
+            call(idx, targets).backward()
             torch.cuda.synchronize()
             row[f"cuda_peak_bytes/{key}"] = torch.cuda.max_memory_allocated() - base
             model.zero_grad(set_to_none=True)
@@ -148,7 +180,7 @@ def memory_row(name: str, config: GPTConfig, batch: int, seq_len: int, compute: 
     return row
 
 
-def sweep_times(config: GPTConfig, batch: int, seq_len: int, steps: int, warmup: int, device: str, instances: int = 1) -> dict[str, Any]:
+def sweep_times(config: GPTConfig, batch: int, seq_len: int, steps: int, warmup: int, device: str, instances: int = 1, mode: RunMode = RunMode()) -> dict[str, Any]:
     """Interleaved train-step times of plain, vector (fused) and vector/unfused at one width, pooled
     over ``instances`` fresh copies of the three models."""
     idx, targets = _batch(config, batch, seq_len, device)
@@ -159,7 +191,7 @@ def sweep_times(config: GPTConfig, batch: int, seq_len: int, steps: int, warmup:
         fns = {}
         for key, model in models.items():
             opt = optimizers.AdamW([p for p in model.parameters()], lr=1e-3, weight_decay=0.1)
-            fns[key] = _bare_step(model, opt, idx, targets)
+            fns[key] = _bare_step(mode.call(model), opt, idx, targets)
         w, c = time_interleaved(fns, steps, warmup, seed=instance)
         for key in fns:
             wall.setdefault(key, []).extend(w[key])
@@ -178,7 +210,7 @@ def sweep_times(config: GPTConfig, batch: int, seq_len: int, steps: int, warmup:
     }
 
 
-def _bare_step(model: nn.Module, opt: torch.optim.Optimizer, idx: torch.Tensor, targets: torch.Tensor) -> Callable[[], None]:
+def _bare_step(model: Callable[..., Any], opt: torch.optim.Optimizer, idx: torch.Tensor, targets: torch.Tensor) -> Callable[[], None]:
     def step() -> None:
         opt.zero_grad(set_to_none=True)
         model(idx, targets).backward()
@@ -187,7 +219,7 @@ def _bare_step(model: nn.Module, opt: torch.optim.Optimizer, idx: torch.Tensor, 
     return step
 
 
-def _train_step(model: GPT, mp: P.Parametrization, opt: torch.optim.Optimizer, idx: torch.Tensor, targets: torch.Tensor) -> Callable[[], None]:
+def _train_step(model: Callable[..., Any], mp: P.Parametrization, opt: torch.optim.Optimizer, idx: torch.Tensor, targets: torch.Tensor) -> Callable[[], None]:
     def step() -> None:
         opt.zero_grad(set_to_none=True)
         loss = model(idx, targets)
@@ -198,7 +230,7 @@ def _train_step(model: GPT, mp: P.Parametrization, opt: torch.optim.Optimizer, i
     return step
 
 
-def _forward(model: torch.nn.Module, idx: torch.Tensor) -> Callable[[], None]:
+def _forward(model: Callable[..., Any], idx: torch.Tensor) -> Callable[[], None]:
     def fwd() -> None:
         with torch.no_grad():
             model(idx)
@@ -221,6 +253,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--sweep-steps", type=int, default=5, help="timed train steps per contender and width (0: memory only)")
     ap.add_argument("--no-memory-rows", action="store_true", help="skip the fixed memory rows (small/medium/...)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda (cuda adds max_memory_allocated)")
+    ap.add_argument("--compile", action="store_true", help="torch.compile every contender (compiled before it is timed or measured)")
+    ap.add_argument("--bf16", action="store_true", help="run every forward under bf16 autocast (the GPU target; slow on CPU)")
     ap.add_argument("--quick", action="store_true", help="tiny preset, batch 2, few steps (smoke test)")
     ap.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = ap.parse_args(argv)
@@ -234,12 +268,23 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             raise SystemExit(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.warmup < 0:
         raise SystemExit(f"--warmup must be >= 0, got {args.warmup}")
+    if args.compile:
+        args.warmup = max(args.warmup, 1)  # the first call compiles: never time it
     return args
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
+    mode = RunMode(compile=args.compile, bf16=args.bf16)
+    if args.compile:
+        # Every contender and copy is a new compilation of the same forward code; past dynamo's
+        # default limit it would silently fall back to eager.
+        from torch import _dynamo
+
+        _dynamo.config.recompile_limit = max(_dynamo.config.recompile_limit, 256)
+        _dynamo.config.accumulated_recompile_limit = max(_dynamo.config.accumulated_recompile_limit, 4096)
+        _dynamo.config.fail_on_recompile_limit_hit = True
     config = GPTConfig.preset(args.preset)
     torch.manual_seed(0)
     base = GPT(config)
@@ -270,7 +315,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 unfuse(model)
             opt = optimizers.AdamW(mp.param_groups("adamw", lr=1e-3, weight_decay=0.1))
             models[name] = (model, mp)
-            steps[name] = _train_step(model, mp, opt, idx, targets)
+            steps[name] = _train_step(mode.call(model), mp, opt, idx, targets)
         wall, cpu = time_interleaved(steps, args.steps, args.warmup, seed=instance)
         for name in steps:
             step_times[name] += wall[name]
@@ -283,7 +328,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     P.fold(folded)
     plain_model = models["plain"][0]
     fwd_times, fwd_cpu = time_interleaved(
-        {"plain": _forward(plain_model, idx), "folded": _forward(folded, idx), "vector/auto": _forward(unfolded, idx)},
+        {"plain": _forward(mode.call(plain_model), idx), "folded": _forward(mode.call(folded), idx), "vector/auto": _forward(mode.call(unfolded), idx)},
         args.forward_steps,
         args.warmup,
     )
@@ -317,13 +362,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     memory = []
     if not args.no_memory_rows:
         for name, preset, overrides, batch, seq_len, compute in MEMORY_ROWS:
-            memory.append(memory_row(name, GPTConfig.preset(preset, **overrides), batch, seq_len, compute, args.device))
+            memory.append(memory_row(name, GPTConfig.preset(preset, **overrides), batch, seq_len, compute, args.device, mode))
     sweep = []
     for d in args.widths:
         cfg = GPTConfig.preset("medium", d_model=d, n_layer=2, n_head=max(2, d // 64), seq_len=max(256, args.sweep_seq))
-        row = memory_row(f"sweep d={d}", cfg, args.sweep_batch, args.sweep_seq, "auto", args.device)
+        row = memory_row(f"sweep d={d}", cfg, args.sweep_batch, args.sweep_seq, "auto", args.device, mode)
         if args.sweep_steps:
-            row.update({f"time_{k}": v for k, v in sweep_times(cfg, args.sweep_batch, args.sweep_seq, args.sweep_steps, min(args.warmup, 1), args.device, args.instances).items()})
+            row.update({f"time_{k}": v for k, v in sweep_times(cfg, args.sweep_batch, args.sweep_seq, args.sweep_steps, min(args.warmup, 1), args.device, args.instances, mode).items()})
         sweep.append(row)
     n_params = sum(p.numel() for p in base.parameters())
     n_mult = sum(p.numel() for p in vector_mp.multiplier_parameters())

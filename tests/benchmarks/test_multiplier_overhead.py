@@ -48,3 +48,16 @@ def test_bad_arguments_exit() -> None:
         multiplier_overhead.parse_args(["--sweep-steps", "-1"])
     with pytest.raises(SystemExit):
         multiplier_overhead.parse_args(["--instances", "0"])
+
+
+def test_run_mode_wraps_every_contender_in_autocast_and_compile() -> None:
+    import torch
+    import torch.nn as nn
+
+    layer = nn.Linear(4, 3)
+    x = torch.randn(2, 4)
+    assert multiplier_overhead.RunMode().call(layer) is layer
+    assert multiplier_overhead.RunMode(bf16=True).call(layer)(x).dtype == torch.bfloat16
+    compiled = multiplier_overhead.RunMode(compile=True).call(layer)
+    assert compiled is not layer and compiled._orig_mod is layer  # not run here: compiling takes minutes on a CPU
+    assert multiplier_overhead.parse_args(["--compile", "--warmup", "0"]).warmup == 1
