@@ -257,3 +257,20 @@ def test_linear_without_grad_skips_the_function_and_gives_the_same_output(monkey
             y_inf = multiplied_linear(x, w, b, s, r, c, fixed=0.5, activation_side=activation_side)
     assert y.dtype == y_grad.dtype == (torch.bfloat16 if autocast else torch.float32)
     assert torch.equal(y, y_grad.detach()) and torch.equal(y_inf, y)
+
+
+@pytest.mark.parametrize("present", SUBSETS, ids=lambda p: "".join(k for k, w in zip("src", p) if w) or "none")
+@pytest.mark.parametrize("layout", [(0, 1, (5, 7)), (1, 0, (7, 5)), (0, 1, (5, 7, 3)), (1, 0, (7, 5, 2, 2))])
+def test_backward_rebuild_of_w_eff_is_bitwise_the_forward_one(present, layout):
+    """The rebuild runs on a transposed view (so torch.compile does not merge it with the forward's)
+    but must give exactly the forward's values, or ∂x would not match the forward."""
+    from parametrization.multiplied_ops import _rebuilt_effective_weight
+
+    rd, cd, shape = layout
+    g = torch.Generator().manual_seed(7)
+    w = torch.randn(*shape, generator=g)
+    s, r, c = (torch.rand(k, generator=g).add(0.5) if want else None for want, k in zip(present, (1, shape[rd], shape[cd])))
+    for fixed in (1.0, 0.37):
+        expected = effective_weight(w, s, r, c, row_dim=rd, col_dim=cd, fixed=fixed)
+        got = _rebuilt_effective_weight(w, s, r, c, fixed, rd, cd)
+        assert got.shape == expected.shape and torch.equal(got, expected)
