@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from rich.console import Console
 
-__all__ = ["machine", "paired_ratio", "ratio_row", "run_script", "time_interleaved", "write_json"]
+__all__ = ["machine", "paired_ratio", "ratio_row", "run_script", "time_instances", "time_interleaved", "write_json"]
 
 
 def _sync() -> None:
@@ -65,6 +65,24 @@ def time_interleaved(
             wall[name].append(time.perf_counter() - t0)
             cpu[name].append(time.process_time() - c0)
         last = order[-1]
+    return wall, cpu
+
+
+def time_instances(
+    make_fns: Callable[[], dict[str, Callable[[], Any]]], instances: int, n: int, warmup: int = 1
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """:func:`time_interleaved` on ``instances`` fresh sets of contenders (``make_fns()`` builds one,
+    e.g. new model copies, whose memory placement differs), pooled. Times stay round-aligned across
+    contenders, so :func:`paired_ratio` still pairs times of one round."""
+    wall: dict[str, list[float]] = {}
+    cpu: dict[str, list[float]] = {}
+    for instance in range(instances):
+        fns = make_fns()
+        w, c = time_interleaved(fns, n, warmup, seed=instance)
+        for key in fns:
+            wall.setdefault(key, []).extend(w[key])
+            cpu.setdefault(key, []).extend(c[key])
+        del fns
     return wall, cpu
 
 

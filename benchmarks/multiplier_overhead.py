@@ -61,7 +61,7 @@ import optimizers
 import parametrization as P
 from parametrization.effective_weight import effective_weight, embedding_activation_side, linear_activation_side
 from parametrization.multipliers import is_multiplied, set_compute
-from benchmarks._report import machine, paired_ratio, ratio_row, run_script, time_interleaved
+from benchmarks._report import machine, paired_ratio, ratio_row, run_script, time_instances, time_interleaved
 from reference_models import GPT, GPTConfig
 
 MEMORY_ROWS = (
@@ -184,19 +184,15 @@ def sweep_times(config: GPTConfig, batch: int, seq_len: int, steps: int, warmup:
     """Interleaved train-step times of plain, vector (fused) and vector/unfused at one width, pooled
     over ``instances`` fresh copies of the three models."""
     idx, targets = _batch(config, batch, seq_len, device)
-    wall: dict[str, list[float]] = {}
-    cpu: dict[str, list[float]] = {}
-    for instance in range(instances):
-        models = _contenders(config, "auto", device)
+
+    def make_fns() -> dict[str, Callable[[], None]]:
         fns = {}
-        for key, model in models.items():
+        for key, model in _contenders(config, "auto", device).items():
             opt = optimizers.AdamW([p for p in model.parameters()], lr=1e-3, weight_decay=0.1)
             fns[key] = _bare_step(mode.call(model), opt, idx, targets)
-        w, c = time_interleaved(fns, steps, warmup, seed=instance)
-        for key in fns:
-            wall.setdefault(key, []).extend(w[key])
-            cpu.setdefault(key, []).extend(c[key])
-        del models, fns
+        return fns
+
+    wall, cpu = time_instances(make_fns, instances, steps, warmup)
     med = statistics.median
     return {
         "times_s": wall,
@@ -300,14 +296,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ("vector/activation", "vector", "activation"),
         ("vector/unfused", "vector", "weight"),
     )
-    step_times: dict[str, list[float]] = {name: [] for name, _, _ in contenders}
-    step_cpu: dict[str, list[float]] = {name: [] for name, _, _ in contenders}
     models: dict[str, tuple[GPT, P.Parametrization]] = {}
-    for instance in range(args.instances):
+
+    def make_steps() -> dict[str, Callable[[], None]]:
         # Fresh copies per instance: where a model's tensors land in memory moves its step time by a
         # few percent, so the pooled times average over several placements.
         steps: dict[str, Callable[[], None]] = {}
-        models = {}
+        models.clear()
         for name, placement, compute in contenders:
             model = copy.deepcopy(base)
             mp = P.parametrize(model, placement, compute=compute)
@@ -316,10 +311,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             opt = optimizers.AdamW(mp.param_groups("adamw", lr=1e-3, weight_decay=0.1))
             models[name] = (model, mp)
             steps[name] = _train_step(mode.call(model), mp, opt, idx, targets)
-        wall, cpu = time_interleaved(steps, args.steps, args.warmup, seed=instance)
-        for name in steps:
-            step_times[name] += wall[name]
-            step_cpu[name] += cpu[name]
+        return steps
+
+    step_times, step_cpu = time_instances(make_steps, args.instances, args.steps, args.warmup)
 
     # Forward only: the folded model against the plain model (and the unfolded one, for reference).
     vector_model, vector_mp = models["vector/auto"]

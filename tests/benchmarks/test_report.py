@@ -24,3 +24,17 @@ def test_no_contender_runs_twice_in_a_row_and_every_round_holds_each_once(n_cont
 def test_paired_ratio_is_the_median_of_per_round_ratios() -> None:
     times = {"a": [2.0, 30.0, 4.0], "b": [1.0, 10.0, 1.0]}
     assert paired_ratio(times, "a", "b") == 3.0  # ratios 2, 3, 4; the ratio of medians would be 4
+
+
+def test_time_instances_pools_fresh_contender_sets_round_aligned() -> None:
+    from benchmarks._report import time_instances
+
+    built: list[int] = []
+
+    def make_fns():
+        built.append(len(built))
+        return {"a": lambda: None, "b": lambda: None}
+
+    wall, cpu = time_instances(make_fns, instances=3, n=4, warmup=0)
+    assert built == [0, 1, 2]
+    assert len(wall["a"]) == len(wall["b"]) == len(cpu["a"]) == 12
