@@ -30,6 +30,9 @@ from torch import Tensor
 __all__ = [
     "effective_weight",
     "effective_weight_grads",
+    "absorbed_factors",
+    "apply_factors",
+    "grads_from_factors",
     "check_multipliers",
     "multipliers_fit",
     "linear_activation_side",
@@ -90,14 +93,30 @@ def effective_weight(
     """
     ndim = weight.ndim
     bdim = None if batch_dim is None else batch_dim % ndim
-    return _scaled(weight, scalar, row, col, row_dim % ndim, col_dim % ndim, bdim, fixed, in_place=False)
+    return apply_factors(weight, absorbed_factors(scalar, row, col, fixed), row_dim % ndim, col_dim % ndim, bdim, in_place=False)
 
 
-def _scaled(
-    t: Tensor, scalar: Tensor | None, row: Tensor | None, col: Tensor | None,
-    rd: int, cd: int, bdim: int | None, fixed: float, *, in_place: bool,
-) -> Tensor:
-    """``f·s·diag(r)·t·diag(c)`` (axes already normalized), the body of :func:`effective_weight`.
+#: ``(row, col, scalar, fixed)`` of :func:`absorbed_factors`.
+Factors = tuple[Tensor | None, Tensor | None, Tensor | None, float]
+
+
+def absorbed_factors(scalar: Tensor | None, row: Tensor | None, col: Tensor | None, fixed: float = 1.0) -> Factors:
+    """``(row', col', scalar', fixed')``: the same ``W_eff``, with ``f·s`` folded into the shorter vector.
+
+    ``W_eff = fixed'·s'·diag(row')·W·diag(col')``, where at most one of ``row'``/``col'`` carries
+    ``f·s`` (``row'`` on a tie), and ``scalar'``/``fixed'`` are left (``None``/1) only when there
+    is no vector to fold them into. Computed once per call and shared by every weight-sized product
+    of that call (building ``W_eff``, rebuilding it, ``∂W``), so ``f·s`` is folded once.
+    """
+    if row is not None and (col is None or row.shape[-1] <= col.shape[-1]):
+        return _absorb(row, scalar, fixed), col, None, 1.0
+    if col is not None:
+        return row, _absorb(col, scalar, fixed), None, 1.0
+    return None, None, scalar, fixed
+
+
+def apply_factors(t: Tensor, factors: Factors, rd: int, cd: int, bdim: int | None, *, in_place: bool) -> Tensor:
+    """``f·s·diag(r)·t·diag(c)`` from :func:`absorbed_factors` (axes already normalized).
 
     When autograd is not recording (inside the fused ops' forward and backward), every product
     after the first is done in place on the fresh tensor the first one made, and with
@@ -105,12 +124,8 @@ def _scaled(
     on CPU also spares their page faults. Runs once per layer call, so it is kept free of
     per-call Python overhead (no closures, no shape lists on the 2-D path).
     """
+    row, col, scalar, fixed = factors
     ndim = t.ndim
-    # Fold the scalar factors (s and the constant) into the smaller vector, never into t.
-    if row is not None and (col is None or row.shape[-1] <= col.shape[-1]):
-        row = _absorb(row, scalar, fixed)
-    elif col is not None:
-        col = _absorb(col, scalar, fixed)
     first: Tensor | float | None = None
     second: Tensor | float | None = None
     if row is not None:
@@ -169,74 +184,97 @@ def effective_weight_grads(
 
     Returns ``(∂W, ∂s, ∂r, ∂c)`` in the shapes of ``weight``, ``scalar``, ``row``, ``col``.
     """
+    ndim = weight.ndim
+    bdim = None if batch_dim is None else batch_dim % ndim
+    factors = absorbed_factors(scalar, row, col, fixed)
+    return grads_from_factors(weight, grad, scalar, row, col, factors, row_dim % ndim, col_dim % ndim, bdim, fixed, needs, overwrite_grad)
+
+
+def grads_from_factors(
+    weight: Tensor, grad: Tensor, scalar: Tensor | None, row: Tensor | None, col: Tensor | None, factors: Factors,
+    rd: int, cd: int, bdim: int | None, fixed: float, needs: tuple[bool, bool, bool, bool], overwrite_grad: bool,
+) -> tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None]:
+    """:func:`effective_weight_grads` with the axes normalized and :func:`absorbed_factors` given.
+
+    The fused ops call it with the factors their backward already made for rebuilding ``W_eff``.
+    """
     need_w, need_s, need_r, need_c = needs
     need_s, need_r, need_c = need_s and scalar is not None, need_r and row is not None, need_c and col is not None
-    ndim = weight.ndim
-    rd, cd = row_dim % ndim, col_dim % ndim
-    bdim = None if batch_dim is None else batch_dim % ndim
-    gs, gr, gc = _multiplier_grads(weight, grad, scalar, row, col, rd, cd, bdim, fixed, need_s, need_r, need_c)
+    gs, gr, gc = _multiplier_grads(weight, grad, scalar, row, col, factors, rd, cd, bdim, fixed, need_s, need_r, need_c)
     # ∂W after the sums, which read ``grad``: with ``overwrite_grad`` it is written into ``grad``.
-    gw = _scaled(grad, scalar, row, col, rd, cd, bdim, fixed, in_place=overwrite_grad) if need_w else None
+    gw = apply_factors(grad, factors, rd, cd, bdim, in_place=overwrite_grad) if need_w else None
     return gw, gs, gr, gc
 
 
 def _multiplier_grads(
-    weight: Tensor, grad: Tensor, scalar: Tensor | None, row: Tensor | None, col: Tensor | None,
+    weight: Tensor, grad: Tensor, scalar: Tensor | None, row: Tensor | None, col: Tensor | None, factors: Factors,
     rd: int, cd: int, bdim: int | None, fixed: float, need_s: bool, need_r: bool, need_c: bool,
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-    """``(∂s, ∂r, ∂c)`` of :func:`effective_weight_grads` from one product ``P = W ⊙ G``."""
+    """``(∂s, ∂r, ∂c)`` of :func:`effective_weight_grads` from one product ``P = W ⊙ G``.
+
+    With ``f·s`` folded into one vector (``factors``), contracting ``P`` with that vector gives the
+    *other* vector's gradient directly: row-folded, ``Pᵀ(f·s·r) = ∂c``; column-folded,
+    ``P(f·s·c) = ∂r``. The contraction with the unfolded vector, ``u = P c`` (or ``v = Pᵀ r``),
+    gives its own gradient times ``1/(f·s)`` and ``∂s = f·rᵀu`` (or ``f·cᵀv``).
+    """
     if not (need_s or need_r or need_c):
         return None, None, None
-    ndim = weight.ndim
+    row_f, col_f = factors[0], factors[1]
+    col_folded = col is not None and col_f is not col
     p = weight * grad
-    # fs: f·s as a tensor that broadcasts against one vector per matrix ([m] or [E, m]); None is 1.
+    # fs: f·s, shaped to scale one vector per matrix ([m] or [E, m]); None is 1.
     fs: Tensor | float | None = None if fixed == 1.0 else fixed
     if scalar is not None:
         fs = scalar.reshape(()) if bdim is None else scalar.reshape(-1, 1)
         if fixed != 1.0:
             fs = fs * fixed
     gs = gr = gc = None
-    u = None
-    if ndim == 2 and bdim is None:
-        # A plain matrix takes matrix-vector products (P as stored, or its transpose view): the
-        # same contractions as the einsums below, without their per-call parsing.
-        p_rows = p if rd == 0 else p.mT
-        if need_r or (need_s and row is not None):
-            u = p_rows.mv(col) if col is not None else p_rows.sum(1)  # u = P c
+    if row is not None and not col_folded:
+        # u = P c (or P summed over the non-row axes when there is no c)
+        if need_r or need_s:
+            u = _contract(p, col, rd, cd, bdim)
             if need_r:
                 gr = u if fs is None else u * fs
+            if need_s:
+                gs = _dot(row, u, bdim)
         if need_c:
-            v = p_rows.mT.mv(row) if row is not None else p_rows.sum(0)  # v = Pᵀ r
-            gc = v if fs is None else v * fs
-        if need_s:
-            if u is not None:
-                total = row.dot(u)  # type: ignore[union-attr]
-            elif col is not None:
-                total = p_rows.sum(0).dot(col)
-            else:
-                total = p.sum()
-            gs = (total if fixed == 1.0 else total * fixed).reshape(scalar.shape)  # type: ignore[union-attr]
-        return gs, gr, gc
+            gc = _contract(p, row_f, cd, rd, bdim)  # = f·s·Pᵀ r
+    elif col is not None:
+        if need_c or need_s:
+            v = _contract(p, row, cd, rd, bdim)  # v = Pᵀ r (or P summed over the non-column axes)
+            if need_c:
+                gc = v if fs is None else v * fs
+            if need_s:
+                gs = _dot(col, v, bdim)
+        if need_r:
+            gr = _contract(p, col_f, rd, cd, bdim)  # = f·s·P c
+    elif need_s:
+        gs = p.sum() if bdim is None else p.sum(dim=[d for d in range(p.ndim) if d != bdim])
+    if gs is not None:
+        gs = (gs if fixed == 1.0 else gs * fixed).reshape(scalar.shape)  # type: ignore[union-attr]
+    return gs, gr, gc
+
+
+def _contract(p: Tensor, vec: Tensor | None, keep_dim: int, vec_dim: int, bdim: int | None) -> Tensor:
+    """``P`` contracted with ``vec`` along ``vec_dim`` and summed over every axis but ``keep_dim``
+    (and the batch axis): ``P c`` for ``keep_dim`` the row axis. ``vec=None`` is all ones."""
+    ndim = p.ndim
+    if ndim == 2 and bdim is None:
+        # A plain matrix takes a matrix-vector product (P or its transpose view): the same
+        # contraction as the einsum below, without its per-call parsing.
+        rows = p if keep_dim == 0 else p.mT
+        return rows.mv(vec) if vec is not None else rows.sum(1)
     letters = "abcdefghijklmnop"[:ndim]
     b = "" if bdim is None else letters[bdim]
-    w_sub, r_sub, c_sub = letters, b + letters[rd], b + letters[cd]
-    if need_r or (need_s and row is not None):
-        # u = P c (or P summed over the non-row axes when there is no c)
-        u = torch.einsum(f"{w_sub},{c_sub}->{r_sub}", p, col) if col is not None else torch.einsum(f"{w_sub}->{r_sub}", p)
-        if need_r:
-            gr = u if fs is None else fs * u
-    if need_c:
-        v = torch.einsum(f"{w_sub},{r_sub}->{c_sub}", p, row) if row is not None else torch.einsum(f"{w_sub}->{c_sub}", p)
-        gc = v if fs is None else fs * v
-    if need_s:
-        if u is not None:
-            total = torch.einsum(f"{r_sub},{r_sub}->{b}", row, u)
-        elif col is not None:
-            total = torch.einsum(f"{w_sub},{c_sub}->{b}", p, col)
-        else:
-            total = torch.einsum(f"{w_sub}->{b}", p)
-        gs = (total * fixed).reshape(scalar.shape)  # type: ignore[union-attr]
-    return gs, gr, gc
+    out = b + letters[keep_dim]
+    if vec is None:
+        return torch.einsum(f"{letters}->{out}", p)
+    return torch.einsum(f"{letters},{b + letters[vec_dim]}->{out}", p, vec)
+
+
+def _dot(vec: Tensor, other: Tensor, bdim: int | None) -> Tensor:
+    """``vecᵀ other`` (one number per matrix with a batch axis)."""
+    return vec.dot(other) if bdim is None else (vec * other).sum(-1)
 
 
 def multipliers_fit(

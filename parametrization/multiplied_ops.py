@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .effective_weight import effective_weight, effective_weight_grads
+from .effective_weight import Factors, absorbed_factors, apply_factors, effective_weight, grads_from_factors
 
 __all__ = ["multiplied_linear", "multiplied_conv", "multiplied_embedding", "multiplied_weight"]
 
@@ -68,7 +68,7 @@ def _row_scale(scalar: Tensor | None, row: Tensor | None, fixed: float) -> Tenso
     return out
 
 
-def _rebuilt_effective_weight(w: Tensor, s: Tensor | None, r: Tensor | None, c: Tensor | None, fixed: float, row_dim: int = 0, col_dim: int = 1) -> Tensor:
+def _rebuilt_effective_weight(w: Tensor, factors: Factors, row_dim: int = 0, col_dim: int = 1) -> Tensor:
     """``W_eff`` again, in backward, for ``∂x``: the same values as the forward's, another expression.
 
     Under ``torch.compile``, AOTAutograd traces forward and backward into one graph and merges
@@ -77,21 +77,26 @@ def _rebuilt_effective_weight(w: Tensor, s: Tensor | None, r: Tensor | None, c: 
     weight-sized tensor per layer, the memory this op exists to save (28 extra tensors on the
     reference GPT ``small``). Built on the view with the row and column axes swapped, the same
     products in the same order give bitwise the same values but a distinct graph, recomputed from
-    the parameters. In eager mode the transposes are free views.
+    the parameters. In eager mode the transposes are free views. ``factors``:
+    :func:`~parametrization.effective_weight.absorbed_factors`, shared with the gradients.
     """
-    wt = w.transpose(row_dim, col_dim)
-    return effective_weight(wt, s, r, c, row_dim=col_dim, col_dim=row_dim, fixed=fixed).transpose(row_dim, col_dim)
+    return apply_factors(w.transpose(row_dim, col_dim), factors, col_dim, row_dim, None, in_place=False).transpose(row_dim, col_dim)
 
 
-def _eq4(ctx: Any, w: Tensor, grad_eff: Tensor, s: Tensor | None, r: Tensor | None, c: Tensor | None, needs: tuple[bool, ...], *, own: bool = True, **layout: Any) -> tuple[Tensor | None, ...]:
-    """Eq. 4 from ``grad_eff``; ``own``: it is a temporary of this backward, so ``∂W`` may reuse it."""
+def _eq4(ctx: Any, w: Tensor, grad_eff: Tensor, s: Tensor | None, r: Tensor | None, c: Tensor | None, needs: tuple[bool, ...], factors: Factors | None = None, *, own: bool = True, row_dim: int = 0, col_dim: int = 1, batch_dim: int | None = None) -> tuple[Tensor | None, ...]:
+    """Eq. 4 from ``grad_eff``; ``own``: it is a temporary of this backward, so ``∂W`` may reuse it.
+    ``factors``: the backward's :func:`~parametrization.effective_weight.absorbed_factors`, if made."""
     need_w, need_s, need_r, need_c = needs
     if not (need_w or need_s or need_r or need_c):
         return None, None, None, None
     g = grad_eff
     if g.dtype != w.dtype:
         g, own = g.to(w.dtype), True
-    return effective_weight_grads(w, g, s, r, c, fixed=ctx.fixed, needs=(need_w, need_s, need_r, need_c), overwrite_grad=own, **layout)
+    if factors is None:
+        factors = absorbed_factors(s, r, c, ctx.fixed)
+    ndim = w.ndim
+    bdim = None if batch_dim is None else batch_dim % ndim
+    return grads_from_factors(w, g, s, r, c, factors, row_dim % ndim, col_dim % ndim, bdim, ctx.fixed, (need_w, need_s, need_r, need_c), own)
 
 
 # --------------------------------------------------------------------------- linear
@@ -99,7 +104,10 @@ def _eq4(ctx: Any, w: Tensor, grad_eff: Tensor, s: Tensor | None, r: Tensor | No
 
 def _linear_forward(x: Tensor, w: Tensor, b: Tensor | None, s: Tensor | None, r: Tensor | None, c: Tensor | None, fixed: float, activation_side: bool) -> tuple[Tensor, Tensor]:
     """``(y, x as cast by autocast)`` of :func:`multiplied_linear`, without autograd."""
-    xc = _cast(x, _autocast_dtype(x))
+    dtype = _autocast_dtype(x)
+    if dtype is None and not activation_side:  # the common case, with no cast to make
+        return F.linear(x, apply_factors(w, absorbed_factors(s, r, c, fixed), 0, 1, None, in_place=False), b), x
+    xc = _cast(x, dtype)
     if activation_side:
         xs = xc * _cast(c, xc.dtype) if c is not None else xc
         y = F.linear(xs, _cast(w, xc.dtype))
@@ -131,7 +139,7 @@ class _LinearFn(torch.autograd.Function):
         # One 2-D copy of the incoming gradient (it is often a non-contiguous view), used by
         # every product below, instead of one reshape per product.
         gy2 = _cast(gy, dtype).reshape(-1, gy.shape[-1])  # type: ignore[union-attr]
-        dx = db = None
+        dx = db = factors = None
         if need_x:
             if ctx.activation_side:
                 scale = _row_scale(s, r, ctx.fixed)
@@ -140,14 +148,15 @@ class _LinearFn(torch.autograd.Function):
                 if c is not None:
                     dx = dx * _cast(c, dtype)
             else:
-                dx = gy2 @ _cast(_rebuilt_effective_weight(w, s, r, c, ctx.fixed), dtype)
+                factors = absorbed_factors(s, r, c, ctx.fixed)
+                dx = gy2 @ _cast(_rebuilt_effective_weight(w, factors), dtype)
             dx = _cast(dx.view(*xc.shape[:-1], dx.shape[-1]), ctx.x_dtype)
         if need_b:
             db = _cast(gy2.sum(0), ctx.b_dtype)
         if not (need_w or need_s or need_r or need_c):
             return dx, None, db, None, None, None, None, None
         grad_eff = gy2.mT @ xc.reshape(-1, xc.shape[-1])  # ∂L/∂W_eff of the plain layer
-        gw, gs, gr, gc = _eq4(ctx, w, grad_eff, s, r, c, (need_w, need_s, need_r, need_c))
+        gw, gs, gr, gc = _eq4(ctx, w, grad_eff, s, r, c, (need_w, need_s, need_r, need_c), factors)
         return dx, gw, db, gs, gr, gc, None, None
 
 
@@ -201,7 +210,8 @@ class _ConvFn(torch.autograd.Function):
         gy = gy.to(xc.dtype)
         # The weight-gradient half of convolution_backward reads only the weight's shape, so
         # W_eff is rebuilt only when ∂x needs it.
-        w_used = _rebuilt_effective_weight(w, s, r, c, ctx.fixed, ctx.row_dim, ctx.col_dim) if need_x else w
+        factors = absorbed_factors(s, r, c, ctx.fixed)
+        w_used = _rebuilt_effective_weight(w, factors, ctx.row_dim, ctx.col_dim) if need_x else w
         stride, padding, dilation, transposed, output_padding, groups = ctx.conv
         dx, grad_eff, db = torch.ops.aten.convolution_backward(
             gy, xc, w_used.to(xc.dtype), ctx.bias_sizes, stride, padding, dilation, transposed, output_padding, groups,
@@ -211,7 +221,7 @@ class _ConvFn(torch.autograd.Function):
         db = None if db is None else db.to(ctx.b_dtype)
         gw = gs = gr = gc = None
         if need_eff:
-            gw, gs, gr, gc = _eq4(ctx, w, grad_eff, s, r, c, (need_w, need_s, need_r, need_c), row_dim=ctx.row_dim, col_dim=ctx.col_dim)
+            gw, gs, gr, gc = _eq4(ctx, w, grad_eff, s, r, c, (need_w, need_s, need_r, need_c), factors, row_dim=ctx.row_dim, col_dim=ctx.col_dim)
         return dx, gw, db, gs, gr, gc, None, None, None, None
 
 

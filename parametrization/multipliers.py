@@ -200,7 +200,8 @@ class _MultipliedLinear(_Multiplied):
         m, n = w.shape
         mode = self._lrm_compute
         activation = mode == "activation" or (mode == "auto" and prefers_activation_side(input.numel() // n, m, n))
-        return multiplied_linear(input, w, self.bias, s, r, c, fixed=spec.fixed, activation_side=activation)  # type: ignore[attr-defined]
+        bias = params["bias"] if "bias" in params else self.bias  # the dict first: no Module.__getattr__
+        return multiplied_linear(input, w, bias, s, r, c, fixed=spec.fixed, activation_side=activation)
 
 
 class _MultipliedConv(_Multiplied):

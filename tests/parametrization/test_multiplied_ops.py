@@ -264,6 +264,7 @@ def test_linear_without_grad_skips_the_function_and_gives_the_same_output(monkey
 def test_backward_rebuild_of_w_eff_is_bitwise_the_forward_one(present, layout):
     """The rebuild runs on a transposed view (so torch.compile does not merge it with the forward's)
     but must give exactly the forward's values, or ∂x would not match the forward."""
+    from parametrization.effective_weight import absorbed_factors
     from parametrization.multiplied_ops import _rebuilt_effective_weight
 
     rd, cd, shape = layout
@@ -272,5 +273,5 @@ def test_backward_rebuild_of_w_eff_is_bitwise_the_forward_one(present, layout):
     s, r, c = (torch.rand(k, generator=g).add(0.5) if want else None for want, k in zip(present, (1, shape[rd], shape[cd])))
     for fixed in (1.0, 0.37):
         expected = effective_weight(w, s, r, c, row_dim=rd, col_dim=cd, fixed=fixed)
-        got = _rebuilt_effective_weight(w, s, r, c, fixed, rd, cd)
+        got = _rebuilt_effective_weight(w, absorbed_factors(s, r, c, fixed), rd, cd)
         assert got.shape == expected.shape and torch.equal(got, expected)
