@@ -163,19 +163,14 @@ def memory_row(name: str, config: GPTConfig, batch: int, seq_len: int, compute: 
             call(idx, targets).backward()  # compile outside the measurement
             model.zero_grad(set_to_none=True)
         row[f"saved_bytes/{key}"] = saved_bytes(model, idx, targets, call=call)
-        if device == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            base = torch.cuda.memory_allocated()
-            call(idx, targets).backward()
-            torch.cuda.synchronize()
-            row[f"cuda_peak_bytes/{key}"] = torch.cuda.max_memory_allocated() - base
+        if device.startswith("cuda"):
+            row[f"cuda_peak_bytes/{key}"] = cuda_peak_bytes(lambda: call(idx, targets).backward())
             model.zero_grad(set_to_none=True)
     del models
     row["saved_ratio"] = row["saved_bytes/vector"] / row["saved_bytes/plain"]
     row["saved_ratio_unfused"] = row["saved_bytes/vector/unfused"] / row["saved_bytes/plain"]
     row["meets_goal"] = row["saved_ratio"] <= 1.02
-    if device == "cuda":
+    if device.startswith("cuda"):
         row["cuda_peak_ratio"] = row["cuda_peak_bytes/vector"] / row["cuda_peak_bytes/plain"]
     return row
 
@@ -204,6 +199,16 @@ def sweep_times(config: GPTConfig, batch: int, seq_len: int, steps: int, warmup:
         "cpu_time_ratio": med(cpu["vector"]) / med(cpu["plain"]),
         "cpu_time_ratio_unfused": med(cpu["vector/unfused"]) / med(cpu["plain"]),
     }
+
+
+def cuda_peak_bytes(step: Callable[[], None]) -> int:
+    """``torch.cuda.max_memory_allocated`` during one call of ``step``, above what was allocated before."""
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    step()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - base
 
 
 def _bare_step(model: Callable[..., Any], opt: torch.optim.Optimizer, idx: torch.Tensor, targets: torch.Tensor) -> Callable[[], None]:
@@ -283,10 +288,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         _dynamo.config.fail_on_recompile_limit_hit = True
     config = GPTConfig.preset(args.preset)
     torch.manual_seed(0)
-    base = GPT(config)
-    g = torch.Generator().manual_seed(1)
-    idx = torch.randint(0, config.vocab_size, (args.batch, config.seq_len), generator=g)
-    targets = torch.randint(0, config.vocab_size, (args.batch, config.seq_len), generator=g)
+    base = GPT(config).to(args.device)
+    idx, targets = _batch(config, args.batch, config.seq_len, args.device)
 
     contenders = (
         ("plain", "none", "auto"),
@@ -311,9 +314,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             opt = optimizers.AdamW(mp.param_groups("adamw", lr=1e-3, weight_decay=0.1))
             models[name] = (model, mp)
             steps[name] = _train_step(mode.call(model), mp, opt, idx, targets)
+        last_steps.clear()
+        last_steps.update(steps)
         return steps
 
+    last_steps: dict[str, Callable[[], None]] = {}
     step_times, step_cpu = time_instances(make_steps, args.instances, args.steps, args.warmup)
+    # On CUDA, the peak memory of one train step of each (already compiled and warmed-up) contender.
+    cuda_peak = {name: cuda_peak_bytes(step) for name, step in last_steps.items()} if args.device.startswith("cuda") else {}
 
     # Forward only: the folded model against the plain model (and the unfolded one, for reference).
     vector_model, vector_mp = models["vector/auto"]
@@ -353,6 +361,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         r["ratio_of_minima"] = ours_min / peer_min
         ours_cpu, peer_cpu = cpu_medians[r["name"]]
         r["cpu_time_ratio"] = ours_cpu / peer_cpu
+    for name, peak in cuda_peak.items():
+        if name != "plain":
+            rows.append(dict(name=f"CUDA peak memory {name}", peak_bytes=peak, plain_peak_bytes=cuda_peak["plain"],
+                             ratio=peak / cuda_peak["plain"], goal=1.02 if name == "vector/auto" else None,
+                             meets_goal=peak / cuda_peak["plain"] <= 1.02 if name == "vector/auto" else None))
     memory = []
     if not args.no_memory_rows:
         for name, preset, overrides, batch, seq_len, compute in MEMORY_ROWS:
@@ -393,6 +406,10 @@ def render(result: dict[str, Any], console: Console) -> None:
     for r in result["rows"]:
         ok = "-" if r["meets_goal"] is None else ("yes" if r["meets_goal"] else "NO")
         goal = "-" if r["goal"] is None else f"≤ {r['goal']:.2f}"
+        if "peak_bytes" in r:  # a CUDA memory row: bytes, not seconds
+            table.add_row(r["name"], f"{r['peak_bytes'] / 2**20:.0f} MiB", "plain", f"{r['plain_peak_bytes'] / 2**20:.0f} MiB",
+                          f"{r['ratio']:.3f}", "-", "-", "-", goal, ok)
+            continue
         table.add_row(r["name"], f"{r['ours_s'] * 1e3:.2f} ms", r["peer"], f"{r['peer_s'] * 1e3:.2f} ms", f"{r['ratio']:.3f}",
                       f"{r['paired_ratio']:.3f}", f"{r['ratio_of_minima']:.3f}", f"{r['cpu_time_ratio']:.3f}", goal, ok)
     console.print(table)

@@ -61,3 +61,53 @@ def test_run_mode_wraps_every_contender_in_autocast_and_compile() -> None:
     compiled = multiplier_overhead.RunMode(compile=True).call(layer)
     assert compiled is not layer and compiled._orig_mod is layer  # not run here: compiling takes minutes on a CPU
     assert multiplier_overhead.parse_args(["--compile", "--warmup", "0"]).warmup == 1
+
+
+@pytest.mark.slow
+def test_every_model_and_batch_is_put_on_the_requested_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ``--device cuda`` the train-step rows once ran on the CPU: the base model and batch were
+    never moved. Every GPT the benchmark builds must be moved to ``--device``, and every batch too."""
+    from reference_models import GPT
+
+    built, moved, batches = [], [], []
+    real_init, real_to, real_batch = GPT.__init__, GPT.to, multiplier_overhead._batch
+
+    def init(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        real_init(self, *args, **kwargs)
+        built.append(id(self))
+
+    def to(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        moved.append((id(self), args[0] if args else kwargs.get("device")))
+        return real_to(self, *args, **kwargs)
+
+    def batch(config, batch, seq_len, device):  # type: ignore[no-untyped-def]
+        batches.append(device)
+        return real_batch(config, batch, seq_len, device)
+
+    monkeypatch.setattr(GPT, "__init__", init)
+    monkeypatch.setattr(GPT, "to", to)
+    monkeypatch.setattr(multiplier_overhead, "_batch", batch)
+    multiplier_overhead.main(["--quick", "--device", "cpu", "--widths", "32", "--sweep-steps", "1"])
+    assert built and set(built) <= {i for i, device in moved if device == "cpu"}
+    assert batches and set(batches) == {"cpu"}
+
+
+def test_gpu_checks_script_runs_commands_this_version_accepts() -> None:
+    """benchmarks/gpu_checks.sh runs only where a GPU is lent, so its arguments are checked here."""
+    import re
+    import shlex
+
+    from benchmarks import optimizer_step
+
+    script = (Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_checks.sh").read_text()
+    commands = {}
+    for m in re.finditer(r'^step (\w+) \d+ "\$python" -m (\S+) (.*?)(?<!\\)$', script.replace("\\\n", " "), flags=re.M):
+        commands[m.group(2)] = [a for a in shlex.split(m.group(3)) if not a.startswith('$out')]
+    assert set(commands) == {"pytest", "benchmarks.optimizer_step", "benchmarks.multiplier_overhead"}
+    parsers = {"benchmarks.optimizer_step": optimizer_step.parse_args, "benchmarks.multiplier_overhead": multiplier_overhead.parse_args}
+    for module, parse in parsers.items():
+        argv = commands[module]
+        if "--out" in argv:  # its value was the $out path, dropped above
+            argv.remove("--out")
+        args = parse(argv)
+        assert args.device == "cuda"
