@@ -17,8 +17,14 @@ Memory: bytes autograd keeps for backward after one forward (``torch.autograd.gr
 saved_tensors_hooks``; distinct storages, parameters excluded), for the rows ``small`` 16×128,
 ``medium`` 16×256, ``medium`` with d_model 1024 and 2 layers at 8×256, ``medium`` 8×128 on the
 activation side, and a width sweep (``--widths``, 2 layers, 8×256 tokens); goal: vector ÷ plain
-≤ 1.02. On CUDA (``--device cuda``) also ``torch.cuda.max_memory_allocated`` of a train step.
-The sweep also times train steps (plain, fused, unfused; interleaved, ``--sweep-steps``).
+≤ 1.02. On CUDA (``--device cuda``) also ``torch.cuda.max_memory_allocated`` of a train step, for
+every memory and sweep row and for every timed contender (``CUDA peak memory`` rows; goal for
+``vector/auto`` ≤ 1.02). The sweep also times train steps (plain, fused, unfused; interleaved,
+``--sweep-steps``).
+
+Per call: ``layer call`` rows time the forward + backward of one 16×16 multiplied ``nn.Linear`` at 8
+tokens, where the arithmetic is negligible, so the extra microseconds over plain (and over the
+unfused weight side) are the Python cost per layer and call; ``--forward-steps`` rounds of 100 calls.
 
 Ratios reported: each step time ÷ ``plain`` (goal for ``vector/auto``: ≤ 1.05 on CPU), fused ÷
 unfused (goal ≤ 1) and folded forward ÷ plain forward (goal ≤ 1.02, i.e. no inference cost), as a
@@ -201,6 +207,37 @@ def sweep_times(config: GPTConfig, batch: int, seq_len: int, steps: int, warmup:
     }
 
 
+CALL_WIDTH, CALL_TOKENS, CALLS_PER_TIMING = 16, 8, 100
+
+
+def layer_call_times(rounds: int, warmup: int, device: str) -> dict[str, list[float]]:
+    """Seconds per forward + backward of one tiny multiplied ``nn.Linear`` (16×16, 8 tokens), where
+    the arithmetic is negligible and the time is the per-call overhead: plain, fused, unfused.
+
+    Each timing covers ``CALLS_PER_TIMING`` calls; the contenders are interleaved as elsewhere.
+    """
+    torch.manual_seed(0)
+    # Two layers: "vector" leaves the last (output) layer plain; the first is the one timed.
+    base = nn.Sequential(nn.Linear(CALL_WIDTH, CALL_WIDTH, bias=False), nn.Linear(CALL_WIDTH, CALL_WIDTH, bias=False)).to(device)
+    x = torch.randn(CALL_TOKENS, CALL_WIDTH, device=device, requires_grad=True)
+    gy = torch.randn(CALL_TOKENS, CALL_WIDTH, device=device)
+    fns: dict[str, Callable[[], None]] = {}
+    for name, placement in (("plain", "none"), ("vector", "vector"), ("vector/unfused", "vector")):
+        model = copy.deepcopy(base)
+        P.parametrize(model, placement)
+        if name == "vector/unfused":
+            unfuse(model)
+        layer = model[0]
+
+        def calls(layer: nn.Module = layer) -> None:
+            for _ in range(CALLS_PER_TIMING):
+                layer(x).backward(gy)
+
+        fns[name] = calls
+    wall, _ = time_interleaved(fns, rounds, warmup)
+    return {k: [t / CALLS_PER_TIMING for t in v] for k, v in wall.items()}
+
+
 def cuda_peak_bytes(step: Callable[[], None]) -> int:
     """``torch.cuda.max_memory_allocated`` during one call of ``step``, above what was allocated before."""
     torch.cuda.synchronize()
@@ -356,11 +393,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     cpu_medians.update({("forward " + k): (med(v), med(fwd_cpu["plain"])) for k, v in fwd_cpu.items()})
     cpu_medians["train step vector/auto vs unfused"] = (med(step_cpu["vector/auto"]), med(step_cpu["vector/unfused"]))
     for r in rows:
+        if r["name"] not in mins:  # per-call rows carry their own figures
+            continue
         # The fastest call is the least disturbed by other load on a shared machine.
         ours_min, peer_min = mins[r["name"]]
         r["ratio_of_minima"] = ours_min / peer_min
         ours_cpu, peer_cpu = cpu_medians[r["name"]]
         r["cpu_time_ratio"] = ours_cpu / peer_cpu
+    call = layer_call_times(args.forward_steps, args.warmup, args.device)
+    for name in ("vector", "vector/unfused"):
+        rows.append(ratio_row(f"layer call {name}", med(call[name]), "plain", med(call["plain"]), None,
+                              paired_ratio=paired_ratio(call, name, "plain"), extra_us=(med(call[name]) - med(call["plain"])) * 1e6))
+    rows.append(ratio_row("layer call vector vs unfused", med(call["vector"]), "vector/unfused", med(call["vector/unfused"]), None,
+                          paired_ratio=paired_ratio(call, "vector", "vector/unfused"),
+                          extra_us=(med(call["vector"]) - med(call["vector/unfused"])) * 1e6))
     for name, peak in cuda_peak.items():
         if name != "plain":
             rows.append(dict(name=f"CUDA peak memory {name}", peak_bytes=peak, plain_peak_bytes=cuda_peak["plain"],
@@ -390,7 +436,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "rows": rows,
         "memory_rows": memory,
         "sweep_rows": sweep,
-        "raw_times_s": {"train_step": step_times, "forward": fwd_times},
+        "raw_times_s": {"train_step": step_times, "forward": fwd_times, "layer_call": call},
         "raw_cpu_times_s": {"train_step": step_cpu, "forward": fwd_cpu},
     }
 
@@ -406,6 +452,10 @@ def render(result: dict[str, Any], console: Console) -> None:
     for r in result["rows"]:
         ok = "-" if r["meets_goal"] is None else ("yes" if r["meets_goal"] else "NO")
         goal = "-" if r["goal"] is None else f"≤ {r['goal']:.2f}"
+        if "extra_us" in r:  # a per-call row: microseconds per call
+            table.add_row(f"{r['name']} ({r['extra_us']:+.0f} µs)", f"{r['ours_s'] * 1e6:.1f} µs", r["peer"], f"{r['peer_s'] * 1e6:.1f} µs",
+                          f"{r['ratio']:.3f}", f"{r['paired_ratio']:.3f}", "-", "-", goal, ok)
+            continue
         if "peak_bytes" in r:  # a CUDA memory row: bytes, not seconds
             table.add_row(r["name"], f"{r['peak_bytes'] / 2**20:.0f} MiB", "plain", f"{r['plain_peak_bytes'] / 2**20:.0f} MiB",
                           f"{r['ratio']:.3f}", "-", "-", "-", goal, ok)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 
 import pytest
@@ -20,8 +21,14 @@ def test_quick_run_writes_json_with_every_ratio(tmp_path: Path) -> None:
     assert names == [
         "train step plain (copy)", "train step vector/auto", "train step vector/weight", "train step vector/activation",
         "train step vector/unfused", "train step vector/auto vs unfused", "forward folded", "forward vector/auto",
+        "layer call vector", "layer call vector/unfused", "layer call vector vs unfused",
     ]
-    for row in saved["rows"]:
+    calls = saved["raw_times_s"]["layer_call"]
+    for row in saved["rows"][-3:]:
+        # Per call of one tiny layer: the extra microseconds over the peer, from the same timings.
+        ours, peer = ("vector/unfused", "plain") if row["name"].endswith("/unfused") else ("vector", row["peer"])
+        assert row["extra_us"] == pytest.approx((statistics.median(calls[ours]) - statistics.median(calls[peer])) * 1e6)
+    for row in saved["rows"][:-3]:
         assert row["ours_s"] > 0 and row["peer_s"] > 0
         assert row["ratio"] == pytest.approx(row["ours_s"] / row["peer_s"])
         assert row["ratio_of_minima"] > 0 and row["cpu_time_ratio"] > 0 and row["paired_ratio"] > 0
