@@ -34,12 +34,15 @@ def _inputs(*tensors):
 @pytest.mark.parametrize("present", SUBSETS, ids=lambda p: "".join(k for k, w in zip("src", p) if w) or "none")
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("activation_side", [False, True])
-def test_linear_gradcheck_every_input(present, bias, activation_side):
+@pytest.mark.parametrize("m, n", [(5, 4), (4, 5)], ids=["f·s-into-c", "f·s-into-r"])
+def test_linear_gradcheck_every_input(present, bias, activation_side, m, n):
+    """Both shapes: the backward folds f·s into the shorter of r and c and shares that fold between
+    the W_eff rebuild, ∂W and the multiplier sums, so each fold is its own code path."""
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(2, 3, 4, generator=g, dtype=torch.float64, requires_grad=True)
-    w = torch.randn(5, 4, generator=g, dtype=torch.float64, requires_grad=True)
-    b = torch.randn(5, generator=g, dtype=torch.float64, requires_grad=True) if bias else None
-    s, r, c = _mults(5, 4, present, g)
+    x = torch.randn(2, 3, n, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(m, n, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(m, generator=g, dtype=torch.float64, requires_grad=True) if bias else None
+    s, r, c = _mults(m, n, present, g)
 
     def fn(x, w, *rest):
         it = iter(rest)
