@@ -4,7 +4,10 @@
 #
 #   bash benchmarks/gpu_checks.sh [OUT_DIR]        (default OUT_DIR: $OUT, else results/gpu)
 #
-# Needs a CUDA build of torch (the device machine's own) and this repository's dependencies.
+# Needs a CUDA build of torch and this repository's dependencies (torch, numpy, einops, rich, pytest,
+# hypothesis, transformers); nothing is installed. The lent H200 image's python3 has them all (its
+# torch was 2.11 in 2026-11, the CPU tests here run 2.13). From the device tool, in the repository
+# root: bash benchmarks/gpu_checks.sh "$OUT"  (timeout_s 590).
 # Steps, each under its own time limit so that one slow step cannot eat the others' time:
 #   1. the CUDA-only tests (5; CI has no GPU, so they run nowhere else);
 #   2. benchmarks.optimizer_step --device cuda: Muon (bf16 Newton–Schulz) against torch.optim.Muon
