@@ -196,31 +196,32 @@ def grads_from_factors(
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None]:
     """:func:`effective_weight_grads` with the axes normalized and :func:`absorbed_factors` given.
 
-    The fused ops call it with the factors their backward already made for rebuilding ``W_eff``.
+    The fused ops call it with the factors their backward already made for rebuilding ``W_eff``;
+    ``∂W`` reuses them.
     """
     need_w, need_s, need_r, need_c = needs
     need_s, need_r, need_c = need_s and scalar is not None, need_r and row is not None, need_c and col is not None
-    gs, gr, gc = _multiplier_grads(weight, grad, scalar, row, col, factors, rd, cd, bdim, fixed, need_s, need_r, need_c)
+    gs, gr, gc = _multiplier_grads(weight, grad, scalar, row, col, rd, cd, bdim, fixed, need_s, need_r, need_c)
     # ∂W after the sums, which read ``grad``: with ``overwrite_grad`` it is written into ``grad``.
     gw = apply_factors(grad, factors, rd, cd, bdim, in_place=overwrite_grad) if need_w else None
     return gw, gs, gr, gc
 
 
 def _multiplier_grads(
-    weight: Tensor, grad: Tensor, scalar: Tensor | None, row: Tensor | None, col: Tensor | None, factors: Factors,
+    weight: Tensor, grad: Tensor, scalar: Tensor | None, row: Tensor | None, col: Tensor | None,
     rd: int, cd: int, bdim: int | None, fixed: float, need_s: bool, need_r: bool, need_c: bool,
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
     """``(∂s, ∂r, ∂c)`` of :func:`effective_weight_grads` from one product ``P = W ⊙ G``.
 
-    With ``f·s`` folded into one vector (``factors``), contracting ``P`` with that vector gives the
-    *other* vector's gradient directly: row-folded, ``Pᵀ(f·s·r) = ∂c``; column-folded,
-    ``P(f·s·c) = ∂r``. The contraction with the unfolded vector, ``u = P c`` (or ``v = Pᵀ r``),
-    gives its own gradient times ``1/(f·s)`` and ``∂s = f·rᵀu`` (or ``f·cᵀv``).
+    The sums contract ``P`` with the raw ``r``/``c`` and scale by ``f·s`` afterwards, not with the
+    folded vectors of :func:`absorbed_factors` (which would save one vector product). Compiled
+    with ``aot_eager``, a fold that the forward also makes and that a matrix-vector product reads
+    was kept alive from forward to backward (one vector per layer); read only by element-wise
+    products, as here, it is recomputed, and the compiled layer keeps exactly what a plain one
+    keeps (``tests/parametrization/test_fused_layers.py``).
     """
     if not (need_s or need_r or need_c):
         return None, None, None
-    row_f, col_f = factors[0], factors[1]
-    col_folded = col is not None and col_f is not col
     p = weight * grad
     # fs: f·s, shaped to scale one vector per matrix ([m] or [E, m]); None is 1.
     fs: Tensor | float | None = None if fixed == 1.0 else fixed
@@ -228,30 +229,22 @@ def _multiplier_grads(
         fs = scalar.reshape(()) if bdim is None else scalar.reshape(-1, 1)
         if fixed != 1.0:
             fs = fs * fixed
-    gs = gr = gc = None
-    if row is not None and not col_folded:
-        # u = P c (or P summed over the non-row axes when there is no c)
-        if need_r or need_s:
-            u = _contract(p, col, rd, cd, bdim)
-            if need_r:
-                gr = u if fs is None else u * fs
-            if need_s:
-                gs = _dot(row, u, bdim)
-        if need_c:
-            gc = _contract(p, row_f, cd, rd, bdim)  # = f·s·Pᵀ r
-    elif col is not None:
-        if need_c or need_s:
-            v = _contract(p, row, cd, rd, bdim)  # v = Pᵀ r (or P summed over the non-column axes)
-            if need_c:
-                gc = v if fs is None else v * fs
-            if need_s:
-                gs = _dot(col, v, bdim)
+    gs = gr = gc = u = None
+    if need_r or (need_s and row is not None):
+        u = _contract(p, col, rd, cd, bdim)  # u = P c (or P summed over the non-row axes)
         if need_r:
-            gr = _contract(p, col_f, rd, cd, bdim)  # = f·s·P c
-    elif need_s:
-        gs = p.sum() if bdim is None else p.sum(dim=[d for d in range(p.ndim) if d != bdim])
-    if gs is not None:
-        gs = (gs if fixed == 1.0 else gs * fixed).reshape(scalar.shape)  # type: ignore[union-attr]
+            gr = u if fs is None else u * fs
+    if need_c:
+        v = _contract(p, row, cd, rd, bdim)  # v = Pᵀ r (or P summed over the non-column axes)
+        gc = v if fs is None else v * fs
+    if need_s:
+        if u is not None:
+            total = _dot(row, u, bdim)  # type: ignore[arg-type]
+        elif col is not None:
+            total = _dot(col, _contract(p, None, cd, rd, bdim), bdim)
+        else:
+            total = p.sum() if bdim is None else p.sum(dim=[d for d in range(p.ndim) if d != bdim])
+        gs = (total if fixed == 1.0 else total * fixed).reshape(scalar.shape)  # type: ignore[union-attr]
     return gs, gr, gc
 
 

@@ -37,7 +37,7 @@ def _inputs(*tensors):
 @pytest.mark.parametrize("m, n", [(5, 4), (4, 5)], ids=["f·s-into-c", "f·s-into-r"])
 def test_linear_gradcheck_every_input(present, bias, activation_side, m, n):
     """Both shapes: the backward folds f·s into the shorter of r and c and shares that fold between
-    the W_eff rebuild, ∂W and the multiplier sums, so each fold is its own code path."""
+    the W_eff rebuild and ∂W, so each fold is its own code path."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 3, n, generator=g, dtype=torch.float64, requires_grad=True)
     w = torch.randn(m, n, generator=g, dtype=torch.float64, requires_grad=True)
