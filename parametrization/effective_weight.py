@@ -105,8 +105,8 @@ def absorbed_factors(scalar: Tensor | None, row: Tensor | None, col: Tensor | No
 
     ``W_eff = fixed'·s'·diag(row')·W·diag(col')``, where at most one of ``row'``/``col'`` carries
     ``f·s`` (``row'`` on a tie), and ``scalar'``/``fixed'`` are left (``None``/1) only when there
-    is no vector to fold them into. Computed once per call and shared by every weight-sized product
-    of that call (building ``W_eff``, rebuilding it, ``∂W``), so ``f·s`` is folded once.
+    is no vector to fold them into. The fused backwards make them once and use them for both
+    weight-sized products they need (the ``W_eff`` rebuild and ``∂W``).
     """
     if row is not None and (col is None or row.shape[-1] <= col.shape[-1]):
         return _absorb(row, scalar, fixed), col, None, 1.0

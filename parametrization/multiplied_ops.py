@@ -78,7 +78,7 @@ def _rebuilt_effective_weight(w: Tensor, factors: Factors, row_dim: int = 0, col
     reference GPT ``small``). Built on the view with the row and column axes swapped, the same
     products in the same order give bitwise the same values but a distinct graph, recomputed from
     the parameters. In eager mode the transposes are free views. ``factors``:
-    :func:`~parametrization.effective_weight.absorbed_factors`, shared with the gradients.
+    :func:`~parametrization.effective_weight.absorbed_factors`, shared with ``∂W``.
     """
     return apply_factors(w.transpose(row_dim, col_dim), factors, col_dim, row_dim, None, in_place=False).transpose(row_dim, col_dim)
 
@@ -106,7 +106,7 @@ def _linear_forward(x: Tensor, w: Tensor, b: Tensor | None, s: Tensor | None, r:
     """``(y, x as cast by autocast)`` of :func:`multiplied_linear`, without autograd."""
     dtype = _autocast_dtype(x)
     if dtype is None and not activation_side:  # the common case, with no cast to make
-        return F.linear(x, apply_factors(w, absorbed_factors(s, r, c, fixed), 0, 1, None, in_place=False), b), x
+        return F.linear(x, effective_weight(w, s, r, c, fixed=fixed), b), x
     xc = _cast(x, dtype)
     if activation_side:
         xs = xc * _cast(c, xc.dtype) if c is not None else xc
@@ -210,7 +210,7 @@ class _ConvFn(torch.autograd.Function):
         gy = gy.to(xc.dtype)
         # The weight-gradient half of convolution_backward reads only the weight's shape, so
         # W_eff is rebuilt only when ∂x needs it.
-        factors = absorbed_factors(s, r, c, ctx.fixed)
+        factors = absorbed_factors(s, r, c, ctx.fixed) if need_x or need_eff else None
         w_used = _rebuilt_effective_weight(w, factors, ctx.row_dim, ctx.col_dim) if need_x else w
         stride, padding, dilation, transposed, output_padding, groups = ctx.conv
         dx, grad_eff, db = torch.ops.aten.convolution_backward(
