@@ -336,7 +336,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ("vector/activation", "vector", "activation"),
         ("vector/unfused", "vector", "weight"),
     )
-    models: dict[str, tuple[GPT, P.Parametrization]] = {}
+    models: dict[str, tuple[GPT, P.Parametrization, Callable[[], None]]] = {}  # the last instance's
 
     def make_steps() -> dict[str, Callable[[], None]]:
         # Fresh copies per instance: where a model's tensors land in memory moves its step time by a
@@ -349,19 +349,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if name == "vector/unfused":
                 unfuse(model)
             opt = optimizers.AdamW(mp.param_groups("adamw", lr=1e-3, weight_decay=0.1))
-            models[name] = (model, mp)
             steps[name] = _train_step(mode.call(model), mp, opt, idx, targets)
-        last_steps.clear()
-        last_steps.update(steps)
+            models[name] = (model, mp, steps[name])
         return steps
 
-    last_steps: dict[str, Callable[[], None]] = {}
     step_times, step_cpu = time_instances(make_steps, args.instances, args.steps, args.warmup)
     # On CUDA, the peak memory of one train step of each (already compiled and warmed-up) contender.
-    cuda_peak = {name: cuda_peak_bytes(step) for name, step in last_steps.items()} if args.device.startswith("cuda") else {}
+    cuda_peak = {name: cuda_peak_bytes(step) for name, (_, _, step) in models.items()} if args.device.startswith("cuda") else {}
 
     # Forward only: the folded model against the plain model (and the unfolded one, for reference).
-    vector_model, vector_mp = models["vector/auto"]
+    vector_model, vector_mp, _ = models["vector/auto"]
     unfolded = copy.deepcopy(vector_model)
     folded = copy.deepcopy(vector_model)
     P.fold(folded)
