@@ -77,7 +77,7 @@ def multiplier_names(param: str = "weight") -> tuple[str, str, str]:
     return tuple(param + suffix for suffix in MULTIPLIER_SUFFIXES)  # type: ignore[return-value]
 
 
-_WEIGHT_S, _WEIGHT_R, _WEIGHT_C = multiplier_names("weight")
+_WEIGHT_NAMES = multiplier_names("weight")
 
 
 def multiplied_fqn(multiplier_fqn: str) -> str | None:
@@ -118,7 +118,8 @@ class _Multiplied:
 
     def _lrm_tensors(self, param: str = "weight") -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
         params = self._parameters  # type: ignore[attr-defined]
-        s, r, c = multiplier_names(param)
+        # Every forward asks for "weight": its names are made once, not per call.
+        s, r, c = _WEIGHT_NAMES if param == "weight" else multiplier_names(param)
         return params[param], params.get(s), params.get(r), params.get(c)
 
     def _lrm_effective_weight(self, param: str = "weight") -> Tensor:
@@ -191,8 +192,7 @@ class _MultipliedLinear(_Multiplied):
     """``nn.Linear`` and Hugging Face ``Conv1D`` (weight stored ``(in, out)``): one fused op."""
 
     def forward(self, input: Tensor) -> Tensor:
-        params = self._parameters  # type: ignore[attr-defined]
-        w, s, r, c = params["weight"], params.get(_WEIGHT_S), params.get(_WEIGHT_R), params.get(_WEIGHT_C)
+        w, s, r, c = self._lrm_tensors()
         spec = self._lrm_specs["weight"]
         _check(self, "weight", w, s, r, c)
         if spec.row_dim == 1:  # stored (in, out): the op takes the (out, in) view
@@ -200,6 +200,7 @@ class _MultipliedLinear(_Multiplied):
         m, n = w.shape
         mode = self._lrm_compute
         activation = mode == "activation" or (mode == "auto" and prefers_activation_side(input.numel() // n, m, n))
+        params = self._parameters  # type: ignore[attr-defined]
         bias = params["bias"] if "bias" in params else self.bias  # the dict first: no Module.__getattr__
         return multiplied_linear(input, w, bias, s, r, c, fixed=spec.fixed, activation_side=activation)
 
