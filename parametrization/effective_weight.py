@@ -108,10 +108,11 @@ def absorbed_factors(scalar: Tensor | None, row: Tensor | None, col: Tensor | No
     is no vector to fold them into. The fused backwards make them once and use them for both
     weight-sized products they need (the ``W_eff`` rebuild and ``∂W``).
     """
+    plain = scalar is None and fixed == 1.0  # nothing to fold: the vectors as they are
     if row is not None and (col is None or row.shape[-1] <= col.shape[-1]):
-        return _absorb(row, scalar, fixed), col, None, 1.0
+        return row if plain else _absorb(row, scalar, fixed), col, None, 1.0
     if col is not None:
-        return row, _absorb(col, scalar, fixed), None, 1.0
+        return row, col if plain else _absorb(col, scalar, fixed), None, 1.0
     return None, None, scalar, fixed
 
 
@@ -128,7 +129,15 @@ def apply_factors(t: Tensor, factors: Factors, rd: int, cd: int, bdim: int | Non
     ndim = t.ndim
     first: Tensor | float | None = None
     second: Tensor | float | None = None
-    if row is not None:
+    if ndim == 2 and bdim is None and (row is not None or col is not None):
+        # A plain matrix (every Linear): the vector on axis 1 broadcasts as it is, the one on
+        # axis 0 as a column; the same views _along makes, without its calls.
+        if row is not None:
+            first = row if rd == 1 else row.unsqueeze(1)
+        if col is not None:
+            vc = col if cd == 1 else col.unsqueeze(1)
+            first, second = (vc, None) if first is None else (first, vc)
+    elif row is not None:
         first = _along(row, rd, ndim, bdim)
         if col is not None:
             second = _along(col, cd, ndim, bdim)
@@ -230,12 +239,18 @@ def _multiplier_grads(
         if fixed != 1.0:
             fs = fs * fixed
     gs = gr = gc = u = None
+    matrix = p.ndim == 2 and bdim is None  # P's rows and columns are the two axes (see _contract)
     if need_r or (need_s and row is not None):
-        u = _contract(p, col, rd, cd, bdim)  # u = P c (or P summed over the non-row axes)
+        # u = P c (or P summed over the non-row axes)
+        if matrix and col is not None:
+            u = (p if rd == 0 else p.mT).mv(col)
+        else:
+            u = _contract(p, col, rd, cd, bdim)
         if need_r:
             gr = u if fs is None else u * fs
     if need_c:
-        v = _contract(p, row, cd, rd, bdim)  # v = Pᵀ r (or P summed over the non-column axes)
+        # v = Pᵀ r (or P summed over the non-column axes)
+        v = (p if cd == 0 else p.mT).mv(row) if matrix and row is not None else _contract(p, row, cd, rd, bdim)
         gc = v if fs is None else v * fs
     if need_s:
         if u is not None:

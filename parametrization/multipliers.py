@@ -194,7 +194,8 @@ class _MultipliedLinear(_Multiplied):
     def forward(self, input: Tensor) -> Tensor:
         w, s, r, c = self._lrm_tensors()
         spec = self._lrm_specs["weight"]
-        _check(self, "weight", w, s, r, c)
+        if not multipliers_fit(w, s, r, c, spec.row_dim, spec.col_dim):  # every call: _check only on failure
+            _check(self, "weight", w, s, r, c)
         if spec.row_dim == 1:  # stored (in, out): the op takes the (out, in) view
             w = w.T
         m, n = w.shape

@@ -253,6 +253,7 @@ def test_linear_without_grad_skips_the_function_and_gives_the_same_output(monkey
         def refuse(*args):
             raise AssertionError("the autograd.Function ran under no_grad")
 
+        monkeypatch.setattr(multiplied_ops, "_apply", refuse)
         monkeypatch.setattr(multiplied_ops._LinearFn, "apply", refuse)
         with torch.no_grad():
             y = multiplied_linear(x, w, b, s, r, c, fixed=0.5, activation_side=activation_side)
@@ -278,3 +279,74 @@ def test_backward_rebuild_of_w_eff_is_bitwise_the_forward_one(present, layout):
         expected = effective_weight(w, s, r, c, row_dim=rd, col_dim=cd, fixed=fixed)
         got = _rebuilt_effective_weight(w, absorbed_factors(s, r, c, fixed), rd, cd)
         assert got.shape == expected.shape and torch.equal(got, expected)
+
+
+def _all_ops(x, w, s, r, c):
+    """Every fused op once, on the same small inputs (conv on a 1-D kernel view of ``w``)."""
+    idx = torch.tensor([[0, 3, 1]])
+    return [
+        multiplied_linear(x, w, None, s, r, c, fixed=0.5),
+        multiplied_conv(x.unsqueeze(-1), w.unsqueeze(-1), None, s, r, c, fixed=0.5),
+        multiplied_embedding(idx, w, s, r, c, fixed=0.5),
+        multiplied_weight(w, s, r, c, fixed=0.5),
+    ]
+
+
+def test_eager_ops_skip_the_python_apply_wrapper_with_identical_results(monkeypatch):
+    """In eager mode the ops enter the autograd.Function through its C entry point, never through
+    ``Function.apply`` (which torch.compile and functorch use); outputs and every gradient are
+    bitwise the same either way."""
+    from parametrization import multiplied_ops
+
+    assert multiplied_ops._FUNCTION_APPLY is not None, "this torch no longer has the C entry point"
+    fns = (multiplied_ops._LinearFn, multiplied_ops._ConvFn, multiplied_ops._EmbeddingFn, multiplied_ops._WeightFn)
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(3, 6, generator=g, requires_grad=True)
+    w = torch.randn(5, 6, generator=g, requires_grad=True)
+    s, r, c = (torch.rand(k, generator=g).add(0.5).requires_grad_() for k in (1, 5, 6))
+    leaves = (x, w, s, r, c)
+    called = []
+
+    def run():
+        outs = _all_ops(*leaves)
+        assert sorted(type(o.grad_fn).__name__ for o in outs) == sorted(f"{fn.__name__}Backward" for fn in fns)
+        grads = torch.autograd.grad(sum(o.square().sum() for o in outs), leaves)
+        return [o.detach() for o in outs] + list(grads)
+
+    for fn in fns:
+        original = fn.apply
+        monkeypatch.setattr(fn, "apply", lambda *a, _o=original, _n=fn.__name__: (called.append(_n), _o(*a))[1])
+    direct = run()
+    assert called == []  # eager: the wrapper never ran
+    monkeypatch.setattr(multiplied_ops, "_FUNCTION_APPLY", None)  # as on a torch without the entry point
+    wrapped = run()
+    assert sorted(called) == sorted(fn.__name__ for fn in fns)
+    for a, b in zip(direct, wrapped, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_direct_apply_unwraps_nothing_it_should_not(monkeypatch):
+    """The wrapper skipped in eager mode unwraps tensors leaked out of a finished functorch
+    transform; the direct path must give the same values and gradients for one."""
+    from parametrization import multiplied_ops
+
+    leaked = []
+
+    def f(t):
+        leaked.append(t * 2)
+        return t.sum()
+
+    torch.func.grad(f)(torch.randn(3, 6))
+    x = leaked[0]
+    assert torch._C._functorch.is_functorch_wrapped_tensor(x)
+    g = torch.Generator().manual_seed(12)
+    w = torch.randn(5, 6, generator=g, requires_grad=True)
+    r, c = torch.rand(5, generator=g).requires_grad_(), torch.rand(6, generator=g).requires_grad_()
+    y_direct = multiplied_linear(x, w, None, None, r, c)
+    grads_direct = torch.autograd.grad(y_direct.square().sum(), (w, r, c))
+    monkeypatch.setattr(multiplied_ops, "_FUNCTION_APPLY", None)
+    y_wrapper = multiplied_linear(x, w, None, None, r, c)
+    grads_wrapper = torch.autograd.grad(y_wrapper.square().sum(), (w, r, c))
+    assert torch.equal(y_direct, y_wrapper)
+    for a, b in zip(grads_direct, grads_wrapper):
+        assert torch.equal(a, b)
