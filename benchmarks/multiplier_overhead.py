@@ -66,6 +66,7 @@ from rich.table import Table
 import optimizers
 import parametrization as P
 from parametrization.effective_weight import effective_weight, embedding_activation_side, linear_activation_side
+from parametrization import compiled_linear
 from parametrization.multipliers import is_multiplied, set_compute
 from benchmarks._report import machine, paired_ratio, ratio_row, run_script, time_instances, time_interleaved
 from reference_models import GPT, GPTConfig
@@ -210,7 +211,7 @@ def sweep_times(config: GPTConfig, batch: int, seq_len: int, steps: int, warmup:
 CALL_WIDTH, CALL_TOKENS, CALLS_PER_TIMING = 16, 8, 100
 
 
-def layer_call_times(rounds: int, warmup: int, device: str) -> dict[str, list[float]]:
+def layer_call_times(rounds: int, warmup: int, device: str, cpp: bool = False) -> dict[str, list[float]]:
     """Seconds per forward + backward of one tiny multiplied ``nn.Linear`` (16×16, 8 tokens), where
     the arithmetic is negligible and the time is the per-call overhead: plain, fused, unfused.
 
@@ -234,8 +235,36 @@ def layer_call_times(rounds: int, warmup: int, device: str) -> dict[str, list[fl
                 layer(x).backward(gy)
 
         fns[name] = calls
+        if cpp and name == "vector":
+            fns["vector/C++"] = with_cpp(calls)  # the same layer, through the opt-in C++ Linear
     wall, _ = time_interleaved(fns, rounds, warmup)
     return {k: [t / CALLS_PER_TIMING for t in v] for k, v in wall.items()}
+
+
+def cpp_available(mode: RunMode) -> bool:
+    """True when the opt-in C++ Linear (``parametrization.use_compiled_linear``) builds here and
+    this run can use it (eager, no autocast: otherwise every call keeps the Python op)."""
+    if mode.compile or mode.bf16:
+        return False
+    try:
+        compiled_linear._op()
+    except RuntimeError as err:
+        print(f"C++ Linear not measured: {err}")
+        return False
+    return True
+
+
+def with_cpp(fn: Callable[[], None]) -> Callable[[], None]:
+    """``fn`` run with the C++ Linear switched on (the switch is process-wide; contenders interleave)."""
+
+    def run() -> None:
+        previous = P.use_compiled_linear(True)
+        try:
+            fn()
+        finally:
+            P.use_compiled_linear(previous)
+
+    return run
 
 
 def cuda_peak_bytes(step: Callable[[], None]) -> int:
@@ -336,6 +365,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ("vector/activation", "vector", "activation"),
         ("vector/unfused", "vector", "weight"),
     )
+    cpp = cpp_available(mode)
+    if cpp:
+        contenders += (("vector/C++", "vector", "auto"),)  # the opt-in C++ Linear (use_compiled_linear)
     models: dict[str, tuple[GPT, P.Parametrization, Callable[[], None]]] = {}  # the last instance's
 
     def make_steps() -> dict[str, Callable[[], None]]:
@@ -350,6 +382,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 unfuse(model)
             opt = optimizers.AdamW(mp.param_groups("adamw", lr=1e-3, weight_decay=0.1))
             steps[name] = _train_step(mode.call(model), mp, opt, idx, targets)
+            if name == "vector/C++":
+                steps[name] = with_cpp(steps[name])
             models[name] = (model, mp, steps[name])
         return steps
 
@@ -376,19 +410,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     rows = [
         ratio_row(f"train step {name}", med(step_times[name]), "plain", plain_step, 1.05 if name == "vector/auto" else None,
                   paired_ratio=paired_ratio(step_times, name, "plain"))
-        for name in ("plain (copy)", "vector/auto", "vector/weight", "vector/activation", "vector/unfused")
+        for name in ("plain (copy)", "vector/auto", "vector/weight", "vector/activation", "vector/unfused") + (("vector/C++",) if cpp else ())
     ]
     rows.append(ratio_row("train step vector/auto vs unfused", med(step_times["vector/auto"]), "vector/unfused",
                           med(step_times["vector/unfused"]), 1.0, paired_ratio=paired_ratio(step_times, "vector/auto", "vector/unfused")))
+    if cpp:
+        rows.append(ratio_row("train step vector/C++ vs unfused", med(step_times["vector/C++"]), "vector/unfused",
+                              med(step_times["vector/unfused"]), 1.0, paired_ratio=paired_ratio(step_times, "vector/C++", "vector/unfused")))
     plain_fwd = med(fwd_times["plain"])
     rows.append(ratio_row("forward folded", med(fwd_times["folded"]), "plain", plain_fwd, 1.02, paired_ratio=paired_ratio(fwd_times, "folded", "plain")))
     rows.append(ratio_row("forward vector/auto", med(fwd_times["vector/auto"]), "plain", plain_fwd, None, paired_ratio=paired_ratio(fwd_times, "vector/auto", "plain")))
     mins = {("train step " + k): (min(v), min(step_times["plain"])) for k, v in step_times.items()}
     mins.update({("forward " + k): (min(v), min(fwd_times["plain"])) for k, v in fwd_times.items()})
     mins["train step vector/auto vs unfused"] = (min(step_times["vector/auto"]), min(step_times["vector/unfused"]))
+    if cpp:
+        mins["train step vector/C++ vs unfused"] = (min(step_times["vector/C++"]), min(step_times["vector/unfused"]))
     cpu_medians = {("train step " + k): (med(v), med(step_cpu["plain"])) for k, v in step_cpu.items()}
     cpu_medians.update({("forward " + k): (med(v), med(fwd_cpu["plain"])) for k, v in fwd_cpu.items()})
     cpu_medians["train step vector/auto vs unfused"] = (med(step_cpu["vector/auto"]), med(step_cpu["vector/unfused"]))
+    if cpp:
+        cpu_medians["train step vector/C++ vs unfused"] = (med(step_cpu["vector/C++"]), med(step_cpu["vector/unfused"]))
     for r in rows:
         if r["name"] not in mins:  # per-call rows carry their own figures
             continue
@@ -397,13 +438,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         r["ratio_of_minima"] = ours_min / peer_min
         ours_cpu, peer_cpu = cpu_medians[r["name"]]
         r["cpu_time_ratio"] = ours_cpu / peer_cpu
-    call = layer_call_times(args.forward_steps, args.warmup, args.device)
-    for name in ("vector", "vector/unfused"):
+    call = layer_call_times(args.forward_steps, args.warmup, args.device, cpp)
+    for name in ("vector", "vector/unfused") + (("vector/C++",) if cpp else ()):
         rows.append(ratio_row(f"layer call {name}", med(call[name]), "plain", med(call["plain"]), None,
                               paired_ratio=paired_ratio(call, name, "plain"), extra_us=(med(call[name]) - med(call["plain"])) * 1e6))
     rows.append(ratio_row("layer call vector vs unfused", med(call["vector"]), "vector/unfused", med(call["vector/unfused"]), None,
                           paired_ratio=paired_ratio(call, "vector", "vector/unfused"),
                           extra_us=(med(call["vector"]) - med(call["vector/unfused"])) * 1e6))
+    if cpp:
+        rows.append(ratio_row("layer call vector/C++ vs unfused", med(call["vector/C++"]), "vector/unfused", med(call["vector/unfused"]), None,
+                              paired_ratio=paired_ratio(call, "vector/C++", "vector/unfused"),
+                              extra_us=(med(call["vector/C++"]) - med(call["vector/unfused"])) * 1e6))
     for name, peak in cuda_peak.items():
         if name != "plain":
             rows.append(dict(name=f"CUDA peak memory {name}", peak_bytes=peak, plain_peak_bytes=cuda_peak["plain"],

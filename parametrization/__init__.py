@@ -30,6 +30,7 @@ Usage::
 * :func:`coord_check` runs a muP coordinate check over widths.
 """
 
+from .compiled_linear import compiled_linear_enabled, use_compiled_linear
 from .coord_check import CoordCheckResult, coord_check
 from .effective_weight import effective_weight
 from .fold import fold
@@ -56,6 +57,8 @@ __all__ = [
     "is_multiplied",
     "raw_weight",
     "set_compute",
+    "use_compiled_linear",
+    "compiled_linear_enabled",
     "coord_check",
     "CoordCheckResult",
 ]

@@ -201,11 +201,30 @@ def multiplied_linear(
     ``row`` ``(m,)``, ``col`` ``(n,)``, ``scalar`` ``(1,)``; any of them ``None`` means 1.
     Saves ``x`` (as cast by autocast), ``W`` and the multipliers; ``W_eff`` is rebuilt in backward
     only for ``∂x``. ``activation_side`` (default False) scales ``x`` and ``y`` instead of ``W``:
-    O(tokens·(m+n)) instead of O(m·n) element-wise work, same result up to rounding.
+    O(tokens·(m+n)) instead of O(m·n) element-wise work, same result up to rounding. After
+    :func:`~parametrization.compiled_linear.use_compiled_linear`, eager weight-side calls without
+    autocast run the C++ build of this op instead (bitwise the same results).
     """
     if not torch.is_grad_enabled():  # inference: the same maths without the Function's per-call cost
         return _linear_forward(x, weight, bias, scalar, row, col, fixed, activation_side)[0]
+    if (
+        _compiled_linear is not None
+        and not activation_side
+        and type(x) in _PLAIN_TENSORS
+        and type(weight) in _PLAIN_TENSORS
+        and _autocast_dtype(x) is None
+        and not torch.compiler.is_compiling()
+        and not torch._C._are_functorch_transforms_active()
+    ):
+        return _compiled_linear(x, weight, bias, scalar, row, col, fixed)
     return _apply(_LinearFn, x, weight, bias, scalar, row, col, fixed, activation_side)
+
+
+#: The C++ build of :class:`_LinearFn` (bitwise the same outputs and gradients), or ``None``;
+#: switched by :func:`parametrization.compiled_linear.use_compiled_linear`.
+_compiled_linear: Any = None
+#: Tensor types the C++ op takes; subclasses (``DTensor``, fake tensors) keep the Python op.
+_PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
 
 
 # --------------------------------------------------------------------------- convolution

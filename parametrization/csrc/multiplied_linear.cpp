@@ -1,0 +1,140 @@
+// The multiplied Linear of parametrization/multiplied_ops.py as a C++ autograd Function.
+//
+// Same maths, same products in the same order (outputs and gradients are bitwise those of the
+// Python op, tested), for the eager float path without autocast: y = x W_effᵀ + b with
+// W_eff = f·s·diag(r)·W·diag(c), saving only x, W, s, r, c. Its backward runs in the autograd
+// engine without the Python interpreter, which is the per-call cost the Python Function pays.
+// Absent multipliers and bias are empty optionals (None from Python).
+#include <torch/extension.h>
+
+using torch::Tensor;
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+namespace {
+
+// absorbed_factors: f·s folded into the shorter of r / c (r on a tie), else left as they are.
+struct Factors {
+  Tensor row, col, scalar;
+  double fixed = 1.0;
+};
+
+Tensor absorb(Tensor v, const Tensor& s, double fixed) {
+  if (s.defined()) v = v * s;
+  if (fixed != 1.0) v = v * fixed;
+  return v;
+}
+
+Factors absorbed(const Tensor& s, const Tensor& r, const Tensor& c, double fixed) {
+  bool plain = !s.defined() && fixed == 1.0;
+  if (r.defined() && (!c.defined() || r.size(-1) <= c.size(-1)))
+    return {plain ? r : absorb(r, s, fixed), c, Tensor(), 1.0};
+  if (c.defined()) return {r, plain ? c : absorb(c, s, fixed), Tensor(), 1.0};
+  return {Tensor(), Tensor(), s, fixed};
+}
+
+// apply_factors on a 2-D t whose rows are on axis rd (0 or 1): f·s·diag(r)·t·diag(c).
+// in_place: t is a temporary and may be overwritten.
+Tensor apply_factors(const Tensor& t, const Factors& f, int64_t rd, bool in_place) {
+  int64_t cd = 1 - rd;
+  Tensor first, second;
+  double first_num = 0.0, second_num = 0.0;  // a Python float factor, when the tensor is undefined
+  bool has_first = false, has_second = false, first_is_num = false, second_is_num = false;
+  if (f.row.defined() || f.col.defined()) {
+    if (f.row.defined()) { first = rd == 1 ? f.row : f.row.unsqueeze(1); has_first = true; }
+    if (f.col.defined()) {
+      Tensor vc = cd == 1 ? f.col : f.col.unsqueeze(1);
+      if (!has_first) { first = vc; has_first = true; } else { second = vc; has_second = true; }
+    }
+  } else {
+    if (f.scalar.defined()) { first = f.scalar.reshape({1, 1}); has_first = true; }
+    if (f.fixed != 1.0) {
+      if (!has_first) { first_num = f.fixed; first_is_num = has_first = true; }
+      else { second_num = f.fixed; second_is_num = has_second = true; }
+    }
+  }
+  if (!has_first) return t;
+  if (at::GradMode::is_enabled()) {  // a double backward records these products: no in-place writes
+    Tensor out = first_is_num ? t * first_num : t * first;
+    if (has_second) out = second_is_num ? out * second_num : out * second;
+    return out;
+  }
+  Tensor out;
+  if (in_place) out = first_is_num ? t.mul_(first_num) : t.mul_(first);
+  else out = first_is_num ? t * first_num : t * first;
+  if (has_second) out = second_is_num ? out.mul_(second_num) : out.mul_(second);
+  return out;
+}
+
+struct MultipliedLinear : public torch::autograd::Function<MultipliedLinear> {
+  static Tensor forward(AutogradContext* ctx, const Tensor& x, const Tensor& w, const std::optional<Tensor>& bias,
+                        const std::optional<Tensor>& scalar, const std::optional<Tensor>& row, const std::optional<Tensor>& col,
+                        double fixed) {
+    Tensor b = bias.value_or(Tensor()), s = scalar.value_or(Tensor()), r = row.value_or(Tensor()), c = col.value_or(Tensor());
+    Tensor w_eff = apply_factors(w, absorbed(s, r, c, fixed), 0, /*in_place=*/false);
+    ctx->save_for_backward({x, w, s, r, c});
+    ctx->saved_data["fixed"] = fixed;
+    ctx->saved_data["has_bias"] = b.defined();
+    return b.defined() ? at::linear(x, w_eff, b) : at::linear(x, w_eff);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    Tensor x = saved[0], w = saved[1], s = saved[2], r = saved[3], c = saved[4];
+    double fixed = ctx->saved_data["fixed"].toDouble();
+    // needs_input_grad counts only the tensors given (an absent optional has no edge).
+    int64_t edge = 0;
+    auto needs = [&](bool present) { return present && ctx->needs_input_grad(edge++); };
+    bool need_x = needs(true), need_w = needs(true), need_b = needs(ctx->saved_data["has_bias"].toBool());
+    bool need_s = needs(s.defined()), need_r = needs(r.defined()), need_c = needs(c.defined());
+    Tensor gy = grads[0];
+    Tensor gy2 = gy.reshape({-1, gy.size(-1)});
+    Tensor dx, gw, db, gs, gr, gc;
+    Factors f = absorbed(s, r, c, fixed);
+    if (need_x) {
+      // W_eff rebuilt on the transposed view, as the Python op does (bitwise the forward's values).
+      Tensor w_eff = apply_factors(w.transpose(0, 1), f, 1, false).transpose(0, 1);
+      dx = at::mm(gy2, w_eff);
+      auto shape = x.sizes().vec();
+      shape.back() = dx.size(-1);
+      dx = dx.view(shape);
+    }
+    if (need_b) db = gy2.sum(0);
+    if (need_w || need_s || need_r || need_c) {
+      Tensor g = at::mm(gy2.t(), x.reshape({-1, x.size(-1)}));  // ∂L/∂W_eff of the plain layer
+      if (need_s || need_r || need_c) {
+        // eq. 4 sums from P = W ⊙ G against the raw r / c, scaled by f·s afterwards.
+        Tensor p = w * g;
+        Tensor fs;
+        bool has_fs = false;
+        if (s.defined()) { fs = fixed != 1.0 ? s.reshape({}) * fixed : s.reshape({}); has_fs = true; }
+        Tensor u;
+        if (need_r || (need_s && r.defined())) {
+          u = c.defined() ? p.mv(c) : p.sum(1);
+          if (need_r) gr = has_fs ? u * fs : (fixed != 1.0 ? u * fixed : u);
+        }
+        if (need_c) {
+          Tensor v = r.defined() ? p.t().mv(r) : p.t().sum(1);
+          gc = has_fs ? v * fs : (fixed != 1.0 ? v * fixed : v);
+        }
+        if (need_s) {
+          Tensor total = u.defined() ? r.dot(u) : (c.defined() ? c.dot(p.t().sum(1)) : p.sum());
+          gs = (fixed == 1.0 ? total : total * fixed).reshape(s.sizes());
+        }
+      }
+      if (need_w) gw = apply_factors(g, f, 0, /*in_place=*/true);
+    }
+    return {dx, gw, db, gs, gr, gc, Tensor()};
+  }
+};
+
+Tensor multiplied_linear(const Tensor& x, const Tensor& w, const std::optional<Tensor>& b, const std::optional<Tensor>& s,
+                         const std::optional<Tensor>& r, const std::optional<Tensor>& c, double fixed) {
+  return MultipliedLinear::apply(x, w, b, s, r, c, fixed);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("multiplied_linear", &multiplied_linear, "y = x W_effᵀ + b, W_eff = f·s·diag(r)·W·diag(c) (eager, no autocast)");
+}
