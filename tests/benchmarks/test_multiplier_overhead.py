@@ -18,17 +18,24 @@ def test_quick_run_writes_json_with_every_ratio(tmp_path: Path) -> None:
     saved = json.loads(out.read_text())
     assert saved["rows"] == json.loads(json.dumps(result["rows"]))
     names = [r["name"] for r in saved["rows"]]
+    # The opt-in C++ Linear is timed where it builds (a C++ compiler and ninja are at hand).
+    cpp = multiplier_overhead.cpp_available(multiplier_overhead.RunMode())
     assert names == [
         "train step plain (copy)", "train step vector/auto", "train step vector/weight", "train step vector/activation",
-        "train step vector/unfused", "train step vector/auto vs unfused", "forward folded", "forward vector/auto",
-        "layer call vector", "layer call vector/unfused", "layer call vector vs unfused",
+        "train step vector/unfused", *(["train step vector/C++"] if cpp else []), "train step vector/auto vs unfused",
+        *(["train step vector/C++ vs unfused"] if cpp else []), "forward folded", "forward vector/auto",
+        "layer call vector", "layer call vector/unfused", *(["layer call vector/C++"] if cpp else []),
+        "layer call vector vs unfused", *(["layer call vector/C++ vs unfused"] if cpp else []),
     ]
     calls = saved["raw_times_s"]["layer_call"]
-    for row in saved["rows"][-3:]:
+    call_rows = [r for r in saved["rows"] if r["name"].startswith("layer call ")]
+    assert len(call_rows) == (5 if cpp else 3)
+    for row in call_rows:
         # Per call of one tiny layer: the extra microseconds over the peer, from the same timings.
-        ours, peer = ("vector/unfused", "plain") if row["name"].endswith("/unfused") else ("vector", row["peer"])
-        assert row["extra_us"] == pytest.approx((statistics.median(calls[ours]) - statistics.median(calls[peer])) * 1e6)
-    for row in saved["rows"][:-3]:
+        ours = row["name"].removeprefix("layer call ").removesuffix(" vs unfused")
+        assert row["peer"] == ("vector/unfused" if row["name"].endswith(" vs unfused") else "plain")
+        assert row["extra_us"] == pytest.approx((statistics.median(calls[ours]) - statistics.median(calls[row["peer"]])) * 1e6)
+    for row in (r for r in saved["rows"] if r not in call_rows):
         assert row["ours_s"] > 0 and row["peer_s"] > 0
         assert row["ratio"] == pytest.approx(row["ours_s"] / row["peer_s"])
         assert row["ratio_of_minima"] > 0 and row["cpu_time_ratio"] > 0 and row["paired_ratio"] > 0
