@@ -55,13 +55,18 @@ __all__ = ["multiplied_linear", "multiplied_conv", "multiplied_embedding", "mult
 _FUNCTION_APPLY = getattr(getattr(torch._C, "_FunctionBase", None), "__dict__", {}).get("apply")
 
 
+def _plain_eager() -> bool:
+    """Neither ``torch.compile`` tracing (dynamo must see ``Function.apply`` to trace a Function)
+    nor a functorch transform (which needs its wrapper): C entry points may be called directly."""
+    return not torch.compiler.is_compiling() and not torch._C._are_functorch_transforms_active()
+
+
 def _apply(fn: type[torch.autograd.Function], *args: Any) -> Any:
     """``fn.apply(*args)``; in plain eager mode straight through the C entry point.
 
-    ``torch.compile`` (dynamo must see ``fn.apply`` to trace the Function) and functorch transforms
-    (which need the wrapper) get ``fn.apply`` itself; both paths run the same ``forward``.
+    Outside :func:`_plain_eager` it is ``fn.apply`` itself; both paths run the same ``forward``.
     """
-    if _FUNCTION_APPLY is None or torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
+    if _FUNCTION_APPLY is None or not _plain_eager():
         return fn.apply(*args)
     return _FUNCTION_APPLY(fn, *args)
 
@@ -213,8 +218,7 @@ def multiplied_linear(
         and type(x) in _PLAIN_TENSORS
         and type(weight) in _PLAIN_TENSORS
         and _autocast_dtype(x) is None
-        and not torch.compiler.is_compiling()
-        and not torch._C._are_functorch_transforms_active()
+        and _plain_eager()
     ):
         return _compiled_linear(x, weight, bias, scalar, row, col, fixed)
     return _apply(_LinearFn, x, weight, bias, scalar, row, col, fixed, activation_side)
