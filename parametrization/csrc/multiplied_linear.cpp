@@ -33,36 +33,24 @@ Factors absorbed(const Tensor& s, const Tensor& r, const Tensor& c, double fixed
   return {Tensor(), Tensor(), s, fixed};
 }
 
-// apply_factors on a 2-D t whose rows are on axis rd (0 or 1): f·s·diag(r)·t·diag(c).
-// in_place: t is a temporary and may be overwritten.
+// apply_factors on a 2-D t whose rows are on axis rd (0 or 1): f·s·diag(r)·t·diag(c), the same
+// products in the same order. in_place: t is a temporary and may be overwritten; every product
+// after the first is in place on the fresh tensor the first made, unless a double backward is
+// recording them.
 Tensor apply_factors(const Tensor& t, const Factors& f, int64_t rd, bool in_place) {
-  int64_t cd = 1 - rd;
-  Tensor first, second;
-  double first_num = 0.0, second_num = 0.0;  // a Python float factor, when the tensor is undefined
-  bool has_first = false, has_second = false, first_is_num = false, second_is_num = false;
-  if (f.row.defined() || f.col.defined()) {
-    if (f.row.defined()) { first = rd == 1 ? f.row : f.row.unsqueeze(1); has_first = true; }
-    if (f.col.defined()) {
-      Tensor vc = cd == 1 ? f.col : f.col.unsqueeze(1);
-      if (!has_first) { first = vc; has_first = true; } else { second = vc; has_second = true; }
-    }
-  } else {
-    if (f.scalar.defined()) { first = f.scalar.reshape({1, 1}); has_first = true; }
-    if (f.fixed != 1.0) {
-      if (!has_first) { first_num = f.fixed; first_is_num = has_first = true; }
-      else { second_num = f.fixed; second_is_num = has_second = true; }
-    }
+  bool record = at::GradMode::is_enabled();
+  bool fresh = in_place;  // out may be overwritten
+  Tensor out = t;
+  auto mul = [&](const auto& factor) {
+    out = (fresh && !record) ? out.mul_(factor) : out * factor;
+    fresh = true;
+  };
+  if (f.row.defined()) mul(rd == 1 ? f.row : f.row.unsqueeze(1));
+  if (f.col.defined()) mul(rd == 0 ? f.col : f.col.unsqueeze(1));
+  if (!f.row.defined() && !f.col.defined()) {
+    if (f.scalar.defined()) mul(f.scalar.reshape({1, 1}));
+    if (f.fixed != 1.0) mul(f.fixed);
   }
-  if (!has_first) return t;
-  if (at::GradMode::is_enabled()) {  // a double backward records these products: no in-place writes
-    Tensor out = first_is_num ? t * first_num : t * first;
-    if (has_second) out = second_is_num ? out * second_num : out * second;
-    return out;
-  }
-  Tensor out;
-  if (in_place) out = first_is_num ? t.mul_(first_num) : t.mul_(first);
-  else out = first_is_num ? t * first_num : t * first;
-  if (has_second) out = second_is_num ? out.mul_(second_num) : out.mul_(second);
   return out;
 }
 
@@ -105,18 +93,14 @@ struct MultipliedLinear : public torch::autograd::Function<MultipliedLinear> {
       if (need_s || need_r || need_c) {
         // eq. 4 sums from P = W ⊙ G against the raw r / c, scaled by f·s afterwards.
         Tensor p = w * g;
-        Tensor fs;
-        bool has_fs = false;
-        if (s.defined()) { fs = fixed != 1.0 ? s.reshape({}) * fixed : s.reshape({}); has_fs = true; }
+        Tensor fs = s.defined() ? (fixed != 1.0 ? s.reshape({}) * fixed : s.reshape({})) : Tensor();
+        auto scaled = [&](const Tensor& v) { return fs.defined() ? v * fs : (fixed != 1.0 ? v * fixed : v); };
         Tensor u;
         if (need_r || (need_s && r.defined())) {
           u = c.defined() ? p.mv(c) : p.sum(1);
-          if (need_r) gr = has_fs ? u * fs : (fixed != 1.0 ? u * fixed : u);
+          if (need_r) gr = scaled(u);
         }
-        if (need_c) {
-          Tensor v = r.defined() ? p.t().mv(r) : p.t().sum(1);
-          gc = has_fs ? v * fs : (fixed != 1.0 ? v * fixed : v);
-        }
+        if (need_c) gc = scaled(r.defined() ? p.t().mv(r) : p.t().sum(1));
         if (need_s) {
           Tensor total = u.defined() ? r.dot(u) : (c.defined() ? c.dot(p.t().sum(1)) : p.sum());
           gs = (fixed == 1.0 ? total : total * fixed).reshape(s.sizes());
