@@ -407,29 +407,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     med = statistics.median
     plain_step = med(step_times["plain"])
+    fused = ("vector/auto",) + (("vector/C++",) if cpp else ())  # each also compared with unfused (goal ≤ 1)
     rows = [
         ratio_row(f"train step {name}", med(step_times[name]), "plain", plain_step, 1.05 if name == "vector/auto" else None,
                   paired_ratio=paired_ratio(step_times, name, "plain"))
-        for name in ("plain (copy)", "vector/auto", "vector/weight", "vector/activation", "vector/unfused") + (("vector/C++",) if cpp else ())
+        for name in ("plain (copy)", "vector/auto", "vector/weight", "vector/activation", "vector/unfused") + fused[1:]
     ]
-    rows.append(ratio_row("train step vector/auto vs unfused", med(step_times["vector/auto"]), "vector/unfused",
-                          med(step_times["vector/unfused"]), 1.0, paired_ratio=paired_ratio(step_times, "vector/auto", "vector/unfused")))
-    if cpp:
-        rows.append(ratio_row("train step vector/C++ vs unfused", med(step_times["vector/C++"]), "vector/unfused",
-                              med(step_times["vector/unfused"]), 1.0, paired_ratio=paired_ratio(step_times, "vector/C++", "vector/unfused")))
+    for name in fused:
+        rows.append(ratio_row(f"train step {name} vs unfused", med(step_times[name]), "vector/unfused",
+                              med(step_times["vector/unfused"]), 1.0, paired_ratio=paired_ratio(step_times, name, "vector/unfused")))
     plain_fwd = med(fwd_times["plain"])
     rows.append(ratio_row("forward folded", med(fwd_times["folded"]), "plain", plain_fwd, 1.02, paired_ratio=paired_ratio(fwd_times, "folded", "plain")))
     rows.append(ratio_row("forward vector/auto", med(fwd_times["vector/auto"]), "plain", plain_fwd, None, paired_ratio=paired_ratio(fwd_times, "vector/auto", "plain")))
     mins = {("train step " + k): (min(v), min(step_times["plain"])) for k, v in step_times.items()}
     mins.update({("forward " + k): (min(v), min(fwd_times["plain"])) for k, v in fwd_times.items()})
-    mins["train step vector/auto vs unfused"] = (min(step_times["vector/auto"]), min(step_times["vector/unfused"]))
-    if cpp:
-        mins["train step vector/C++ vs unfused"] = (min(step_times["vector/C++"]), min(step_times["vector/unfused"]))
     cpu_medians = {("train step " + k): (med(v), med(step_cpu["plain"])) for k, v in step_cpu.items()}
     cpu_medians.update({("forward " + k): (med(v), med(fwd_cpu["plain"])) for k, v in fwd_cpu.items()})
-    cpu_medians["train step vector/auto vs unfused"] = (med(step_cpu["vector/auto"]), med(step_cpu["vector/unfused"]))
-    if cpp:
-        cpu_medians["train step vector/C++ vs unfused"] = (med(step_cpu["vector/C++"]), med(step_cpu["vector/unfused"]))
+    for name in fused:
+        mins[f"train step {name} vs unfused"] = (min(step_times[name]), min(step_times["vector/unfused"]))
+        cpu_medians[f"train step {name} vs unfused"] = (med(step_cpu[name]), med(step_cpu["vector/unfused"]))
     for r in rows:
         if r["name"] not in mins:  # per-call rows carry their own figures
             continue
@@ -442,13 +438,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for name in ("vector", "vector/unfused") + (("vector/C++",) if cpp else ()):
         rows.append(ratio_row(f"layer call {name}", med(call[name]), "plain", med(call["plain"]), None,
                               paired_ratio=paired_ratio(call, name, "plain"), extra_us=(med(call[name]) - med(call["plain"])) * 1e6))
-    rows.append(ratio_row("layer call vector vs unfused", med(call["vector"]), "vector/unfused", med(call["vector/unfused"]), None,
-                          paired_ratio=paired_ratio(call, "vector", "vector/unfused"),
-                          extra_us=(med(call["vector"]) - med(call["vector/unfused"])) * 1e6))
-    if cpp:
-        rows.append(ratio_row("layer call vector/C++ vs unfused", med(call["vector/C++"]), "vector/unfused", med(call["vector/unfused"]), None,
-                              paired_ratio=paired_ratio(call, "vector/C++", "vector/unfused"),
-                              extra_us=(med(call["vector/C++"]) - med(call["vector/unfused"])) * 1e6))
+    for name in ("vector",) + (("vector/C++",) if cpp else ()):
+        rows.append(ratio_row(f"layer call {name} vs unfused", med(call[name]), "vector/unfused", med(call["vector/unfused"]), None,
+                              paired_ratio=paired_ratio(call, name, "vector/unfused"),
+                              extra_us=(med(call[name]) - med(call["vector/unfused"])) * 1e6))
     for name, peak in cuda_peak.items():
         if name != "plain":
             rows.append(dict(name=f"CUDA peak memory {name}", peak_bytes=peak, plain_peak_bytes=cuda_peak["plain"],
