@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import compiled_linear
 from .effective_weight import Factors, absorbed_factors, apply_factors, effective_weight, grads_from_factors
 
 __all__ = ["multiplied_linear", "multiplied_conv", "multiplied_embedding", "multiplied_weight"]
@@ -206,29 +207,47 @@ def multiplied_linear(
     ``row`` ``(m,)``, ``col`` ``(n,)``, ``scalar`` ``(1,)``; any of them ``None`` means 1.
     Saves ``x`` (as cast by autocast), ``W`` and the multipliers; ``W_eff`` is rebuilt in backward
     only for ``∂x``. ``activation_side`` (default False) scales ``x`` and ``y`` instead of ``W``:
-    O(tokens·(m+n)) instead of O(m·n) element-wise work, same result up to rounding. After
-    :func:`~parametrization.compiled_linear.use_compiled_linear`, eager weight-side calls without
-    autocast run the C++ build of this op instead (bitwise the same results).
+    O(tokens·(m+n)) instead of O(m·n) element-wise work, same result up to rounding. Eager
+    weight-side calls without autocast run the C++ build of this op where it is available
+    (:mod:`~parametrization.compiled_linear`; bitwise the same results).
     """
+    if not activation_side:
+        y = compiled_linear_call(x, weight, bias, scalar, row, col, fixed, 0, 0)
+        if y is not None:
+            return y
+    return python_linear(x, weight, bias, scalar, row, col, fixed, activation_side)
+
+
+def python_linear(x: Tensor, weight: Tensor, bias: Tensor | None, scalar: Tensor | None, row: Tensor | None, col: Tensor | None, fixed: float, activation_side: bool) -> Tensor:
+    """:func:`multiplied_linear` through the Python op only (the C++ op declined or is off)."""
     if not torch.is_grad_enabled():  # inference: the same maths without the Function's per-call cost
         return _linear_forward(x, weight, bias, scalar, row, col, fixed, activation_side)[0]
-    if (
-        _compiled_linear is not None
-        and not activation_side
-        and type(x) in _PLAIN_TENSORS
-        and type(weight) in _PLAIN_TENSORS
-        and _autocast_dtype(x) is None
-        and _plain_eager()
-    ):
-        return _compiled_linear(x, weight, bias, scalar, row, col, fixed)
     return _apply(_LinearFn, x, weight, bias, scalar, row, col, fixed, activation_side)
 
 
-#: The C++ build of :class:`_LinearFn` (bitwise the same outputs and gradients), or ``None``;
-#: switched by :func:`parametrization.compiled_linear.use_compiled_linear`.
-_compiled_linear: Any = None
+#: The C++ build of :class:`_LinearFn` (bitwise the same outputs and gradients; it returns
+#: ``None`` for calls it does not serve), ``None`` for the Python op only, or, under the default
+#: ``"auto"``, a stand-in that builds it on first call. Set by
+#: :func:`parametrization.compiled_linear.use_compiled_linear`.
+_compiled_linear: Any = compiled_linear.initial_op()
 #: Tensor types the C++ op takes; subclasses (``DTensor``, fake tensors) keep the Python op.
 _PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
+#: ``Compute`` settings of a multiplied module as the C++ op's ``mode`` argument.
+COMPUTE_MODES = {"weight": 0, "activation": 1, "auto": 2}
+
+
+def compiled_linear_call(x: Tensor, weight: Tensor, bias: Tensor | None, scalar: Tensor | None, row: Tensor | None, col: Tensor | None, fixed: float, row_dim: int, mode: int) -> Tensor | None:
+    """The multiplied Linear through the C++ op, or ``None`` when the Python op must serve the call.
+
+    ``weight`` as stored (``row_dim`` 1: Hugging Face ``Conv1D``'s ``(in, out)``); ``mode``: a
+    :data:`COMPUTE_MODES` value. Python decides what only Python can see (op switched off,
+    ``torch.compile`` tracing, functorch, tensor subclasses); the op declines the rest (the
+    activation side, autocast, multipliers that do not fit the weight).
+    """
+    op = _compiled_linear
+    if op is None or not _plain_eager() or type(x) not in _PLAIN_TENSORS or type(weight) not in _PLAIN_TENSORS:
+        return None
+    return op(x, weight, bias, scalar, row, col, fixed, row_dim, mode)
 
 
 # --------------------------------------------------------------------------- convolution

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .effective_weight import check_multipliers, multipliers_fit, prefers_activation_side
-from .multiplied_ops import multiplied_conv, multiplied_embedding, multiplied_linear, multiplied_weight
+from .multiplied_ops import COMPUTE_MODES, compiled_linear_call, multiplied_conv, multiplied_embedding, multiplied_weight, python_linear
 from .placement import Placement
 from .roles import WeightLayout
 
@@ -194,6 +194,13 @@ class _MultipliedLinear(_Multiplied):
     def forward(self, input: Tensor) -> Tensor:
         w, s, r, c = self._lrm_tensors()
         spec = self._lrm_specs["weight"]
+        params = self._parameters  # type: ignore[attr-defined]
+        bias = params["bias"] if "bias" in params else self.bias  # the dict first: no Module.__getattr__
+        # The C++ op first: it makes this forward's checks itself (in C++, where they cost
+        # nothing next to the layer) and returns None for a call the Python op must serve.
+        y = compiled_linear_call(input, w, bias, s, r, c, spec.fixed, spec.row_dim, COMPUTE_MODES[self._lrm_compute])
+        if y is not None:
+            return y
         if not multipliers_fit(w, s, r, c, spec.row_dim, spec.col_dim):  # every call: _check only on failure
             _check(self, "weight", w, s, r, c)
         if spec.row_dim == 1:  # stored (in, out): the op takes the (out, in) view
@@ -201,9 +208,7 @@ class _MultipliedLinear(_Multiplied):
         m, n = w.shape
         mode = self._lrm_compute
         activation = mode == "activation" or (mode == "auto" and prefers_activation_side(input.numel() // n, m, n))
-        params = self._parameters  # type: ignore[attr-defined]
-        bias = params["bias"] if "bias" in params else self.bias  # the dict first: no Module.__getattr__
-        return multiplied_linear(input, w, bias, s, r, c, fixed=spec.fixed, activation_side=activation)
+        return python_linear(input, w, bias, s, r, c, spec.fixed, activation)
 
 
 class _MultipliedConv(_Multiplied):

@@ -4,7 +4,10 @@
 // Python op, tested), for the eager float path without autocast: y = x W_effᵀ + b with
 // W_eff = f·s·diag(r)·W·diag(c), saving only x, W, s, r, c. Its backward runs in the autograd
 // engine without the Python interpreter, which is the per-call cost the Python Function pays.
-// Absent multipliers and bias are empty optionals (None from Python).
+// The entry point also makes the multiplied module's per-call checks (multipliers fit the weight,
+// activation side or not, autocast), which cost more as Python attribute reads than the layer's
+// own arithmetic on small layers. Absent multipliers and bias are empty optionals (None).
+#include <ATen/autocast_mode.h>
 #include <torch/extension.h>
 
 using torch::Tensor;
@@ -112,13 +115,36 @@ struct MultipliedLinear : public torch::autograd::Function<MultipliedLinear> {
   }
 };
 
-Tensor multiplied_linear(const Tensor& x, const Tensor& w, const std::optional<Tensor>& b, const std::optional<Tensor>& s,
-                         const std::optional<Tensor>& r, const std::optional<Tensor>& c, double fixed) {
+bool fits(const std::optional<Tensor>& v, int64_t size, const Tensor& w) {
+  return !v || (v->dim() == 1 && v->size(0) == size && v->scalar_type() == w.scalar_type() && v->device() == w.device());
+}
+
+// The call as the multiplied nn.Linear / Conv1D forward makes it: w as stored (row_dim 1: Conv1D's
+// (in, out)), mode 0 weight side, 1 activation side, 2 auto (multipliers.Compute). Returns None
+// for every call this op does not serve, which then takes the Python op: the activation side
+// (chosen, or preferred by auto: tokens·(m + n) < m·n), autocast on, a non-2-D weight, and
+// multipliers that do not fit the weight (the Python op raises the error that names the layer).
+std::optional<Tensor> multiplied_linear(const Tensor& x, const Tensor& stored, const std::optional<Tensor>& b,
+                                        const std::optional<Tensor>& s, const std::optional<Tensor>& r,
+                                        const std::optional<Tensor>& c, double fixed, int64_t row_dim, int64_t mode) {
+  if (stored.dim() != 2 || (row_dim != 0 && row_dim != 1) || mode == 1) return std::nullopt;
+  if (at::autocast::is_autocast_enabled(x.device().type())) return std::nullopt;
+  Tensor w = row_dim == 1 ? stored.t() : stored;
+  int64_t m = w.size(0), n = w.size(1);
+  if (s && (s->dim() > 1 || s->numel() != 1 || s->scalar_type() != w.scalar_type() || s->device() != w.device()))
+    return std::nullopt;
+  if (!fits(r, m, w) || !fits(c, n, w) || n == 0) return std::nullopt;
+  if (mode == 2 && (x.numel() / n) * (m + n) < m * n) return std::nullopt;
+  if (!at::GradMode::is_enabled()) {  // inference: the forward alone, no autograd node (as the Python op)
+    Tensor w_eff = apply_factors(w, absorbed(s.value_or(Tensor()), r.value_or(Tensor()), c.value_or(Tensor()), fixed), 0, false);
+    return b ? at::linear(x, w_eff, *b) : at::linear(x, w_eff);
+  }
   return MultipliedLinear::apply(x, w, b, s, r, c, fixed);
 }
 
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("multiplied_linear", &multiplied_linear, "y = x W_effᵀ + b, W_eff = f·s·diag(r)·W·diag(c) (eager, no autocast)");
+  m.def("multiplied_linear", &multiplied_linear,
+        "y = x W_effᵀ + b, W_eff = f·s·diag(r)·W·diag(c), or None for a call the Python op must serve");
 }

@@ -1,5 +1,7 @@
-"""The opt-in C++ multiplied Linear: exact gradients, bitwise equal to the Python op, and used only
-where it can serve the call. Skipped (with the build error) on a machine without a C++ compiler."""
+"""The C++ multiplied Linear (on by default where it builds): exact gradients, bitwise equal to the
+Python op, no more saved than a plain Linear, used only where it can serve the call, and a default
+that builds on first use or falls back with a warning. Tests that need the build skip (with the
+build error) on a machine without a C++ compiler."""
 
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ import torch.nn.functional as F
 import parametrization as P
 from parametrization import compiled_linear, multiplied_ops
 from parametrization.effective_weight import effective_weight
-from parametrization.multiplied_ops import multiplied_linear
+from parametrization.multiplied_ops import compiled_linear_call, multiplied_linear
+from tests.parametrization._helpers import SavedBytes
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +69,11 @@ def test_gradcheck_and_bitwise_equal_to_the_python_op(compiled, present, m, n, f
     # float32: every output and gradient bitwise those of the Python Function
     args32 = [None if t is None else t.detach().float().requires_grad_() for t in args]
     given32 = [t for t in args32 if t is not None]
+    before = [t.detach().clone() for t in given32]
     y_cpp = multiplied_linear(*args32, fixed=fixed)
     grads_cpp = torch.autograd.grad(y_cpp.square().sum(), given32)
+    for t, t0 in zip(given32, before, strict=True):  # its in-place products touch only its own temporaries
+        assert torch.equal(t, t0)
     P.use_compiled_linear(False)
     y_py = multiplied_linear(*args32, fixed=fixed)
     assert not _is_cpp(y_py)
@@ -100,12 +106,77 @@ def test_second_order_gradients(compiled):
 def test_the_python_op_serves_what_the_cpp_op_cannot(compiled):
     g = torch.Generator().manual_seed(3)
     x, w, b, s, r, c = _tensors(4, 5, (True, True, True, True), torch.float32, g)
-    assert _is_cpp(multiplied_linear(x, w, b, s, r, c))
+    y = multiplied_linear(x, w, b, s, r, c)
+    assert _is_cpp(y)
     assert not _is_cpp(multiplied_linear(x, w, b, s, r, c, activation_side=True))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert not _is_cpp(multiplied_linear(x, w, b, s, r, c))
+    with torch.no_grad():  # served by the C++ forward alone, bitwise the same
+        y_ng = multiplied_linear(x, w, b, s, r, c)
+    with torch.inference_mode():
+        y_inf = multiplied_linear(x, w, b, s, r, c)
+    assert y_ng.grad_fn is None and torch.equal(y_ng, y.detach()) and torch.equal(y_inf, y_ng)
+    # multipliers that do not fit the weight: the C++ op declines, so they never broadcast silently
+    for bad in (torch.ones(1), torch.ones(5), torch.ones(4, dtype=torch.float64), torch.ones(1, 4)):
+        assert compiled_linear_call(x, w, b, s, bad, c, 1.0, 0, 0) is None
+    assert compiled_linear_call(x, w, b, torch.ones(2), r, c, 1.0, 0, 0) is None
+    assert compiled_linear_call(x, w, b, s, r, torch.ones(4), 1.0, 0, 0) is None
+    # the compute modes: weight side served, activation side declined, auto by the token count
+    assert _is_cpp(compiled_linear_call(x, w, b, s, r, c, 1.0, 0, 0))
+    assert compiled_linear_call(x, w, b, s, r, c, 1.0, 0, 1) is None
+    wide = torch.randn(64, 64)
+    assert compiled_linear_call(torch.randn(1, 64), wide, None, None, None, None, 1.0, 0, 2) is None  # 1·128 < 64·64
+    assert compiled_linear_call(torch.randn(64, 64), wide, None, None, None, None, 1.0, 0, 2) is not None
+
+
+def test_a_misfit_multiplier_raises_the_layer_naming_error(compiled):
+    lin = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Linear(5, 3))
+    P.parametrize(lin, "vector")
     with torch.no_grad():
-        assert multiplied_linear(x, w, b, s, r, c).grad_fn is None
+        lin[0].weight_mult_row.data = torch.ones(4)
+    with pytest.raises(ValueError, match=r"Linear\.weight"):
+        lin(torch.randn(2, 6))
+
+
+def test_modules_use_it_with_their_layout_and_compute_setting(compiled):
+    from transformers.pytorch_utils import Conv1D
+
+    g = torch.Generator().manual_seed(4)
+    for make in (lambda: torch.nn.Linear(6, 5), lambda: Conv1D(5, 6)):  # Conv1D stores W as (in, out)
+        layer = make()
+        P.parametrize(torch.nn.ModuleList([layer, torch.nn.Linear(2, 2)]), {"0": "src"})  # not the head
+        assert P.is_multiplied(layer)
+        with torch.no_grad():
+            for p in layer.parameters():
+                p.mul_(1.01)
+        x = torch.randn(3, 4, 6, generator=g, requires_grad=True)
+        y = layer(x)
+        assert _is_cpp(y)
+        grads = torch.autograd.grad(y.square().sum(), [x, *layer.parameters()])
+        P.use_compiled_linear(False)
+        y_py = layer(x)
+        grads_py = torch.autograd.grad(y_py.square().sum(), [x, *layer.parameters()])
+        P.use_compiled_linear(True)
+        assert torch.equal(y, y_py)
+        for a, b in zip(grads, grads_py, strict=True):
+            assert torch.equal(a, b)
+        P.set_compute(layer, "activation")
+        assert not _is_cpp(layer(x))
+
+
+def test_it_saves_no_more_than_the_plain_linear(compiled):
+    x = torch.randn(8, 64, requires_grad=True)
+    w = torch.randn(32, 64, requires_grad=True)
+    s, r, c = torch.ones(1, requires_grad=True), torch.ones(32, requires_grad=True), torch.ones(64, requires_grad=True)
+    with SavedBytes([w, s, r, c]) as fused:
+        y = multiplied_linear(x.tanh(), w, None, s, r, c)
+    assert _is_cpp(y)
+    with SavedBytes([w]) as plain:
+        F.linear(x.tanh(), w)
+    with SavedBytes([w, s, r, c]) as autograd_weight_side:
+        F.linear(x.tanh(), effective_weight(w, s, r, c))
+    assert fused.bytes == plain.bytes
+    assert autograd_weight_side.bytes > plain.bytes  # the cost the fused op removes
 
 
 def test_compiled_model_has_no_graph_breaks_with_the_cpp_op_on(compiled):
@@ -147,8 +218,68 @@ def test_switch_reports_and_restores(compiled):
     assert P.compiled_linear_enabled()
     assert P.use_compiled_linear(False) is True
     assert not P.compiled_linear_enabled() and multiplied_ops._compiled_linear is None
-    assert P.use_compiled_linear(True) is False
+    assert P.use_compiled_linear("auto") is False
+    assert P.compiled_linear_enabled()  # built already: "auto" is the op itself
+    assert P.use_compiled_linear(True) is True
+    with pytest.raises(ValueError, match="enabled must be True, False or 'auto'"):
+        P.use_compiled_linear("yes")
     assert P.compiled_linear_enabled()
+
+
+def _layer():
+    lin = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Linear(5, 3))
+    P.parametrize(lin, "vector")
+    return lin
+
+
+def test_auto_builds_on_the_first_call_only(cpp_op, monkeypatch):
+    import torch.utils.cpp_extension as cpp
+
+    built = compiled_linear._module
+    loads = []
+    monkeypatch.setattr(compiled_linear, "_module", None)
+    monkeypatch.setattr(cpp, "load", lambda *a, **k: loads.append(a[0]) or built)
+    previous = P.use_compiled_linear("auto")
+    try:
+        lin, x = _layer(), torch.randn(4, 6)
+        assert multiplied_ops._compiled_linear is compiled_linear._build_on_first_call and not loads
+        y = lin[0](x)
+        assert _is_cpp(y) and loads == [compiled_linear._NAME]
+        assert multiplied_ops._compiled_linear is built.multiplied_linear
+        lin[0](x)
+        assert len(loads) == 1
+    finally:
+        P.use_compiled_linear(previous)
+
+
+def test_auto_falls_back_to_the_python_op_with_one_warning(monkeypatch):
+    import torch.utils.cpp_extension as cpp
+
+    def fail(*args, **kwargs):
+        raise OSError("no compiler here")
+
+    monkeypatch.setattr(compiled_linear, "_module", None)
+    monkeypatch.setattr(cpp, "load", fail)
+    monkeypatch.setattr(multiplied_ops, "_compiled_linear", compiled_linear._build_on_first_call)
+    lin, x = _layer(), torch.randn(4, 6, requires_grad=True)
+    with pytest.warns(RuntimeWarning, match=r"Python op is used.*no compiler here.*LRM_COMPILED_LINEAR=0"):
+        y = lin(x)
+    assert not _is_cpp(lin[0](x)) and multiplied_ops._compiled_linear is None
+    y.sum().backward()  # the call that tried the build still ran, through the Python op
+    assert x.grad is not None
+    assert not P.compiled_linear_enabled()
+
+
+def test_the_environment_variable_sets_the_start(monkeypatch):
+    monkeypatch.setenv("LRM_COMPILED_LINEAR", "0")
+    assert compiled_linear.initial_op() is None
+    monkeypatch.setenv("LRM_COMPILED_LINEAR", "auto")
+    assert compiled_linear.initial_op() is compiled_linear._build_on_first_call
+    monkeypatch.delenv("LRM_COMPILED_LINEAR")
+    assert compiled_linear.initial_op() is compiled_linear._build_on_first_call
+    monkeypatch.setenv("LRM_COMPILED_LINEAR", "fast")
+    with pytest.raises(ValueError, match="LRM_COMPILED_LINEAR='fast'"):
+        compiled_linear.initial_op()
 
 
 def test_a_failed_build_changes_nothing_and_names_the_file(monkeypatch):

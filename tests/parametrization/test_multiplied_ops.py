@@ -8,11 +8,21 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import parametrization as P
 from parametrization.effective_weight import effective_weight, effective_weight_grads
 from parametrization.multiplied_ops import multiplied_conv, multiplied_embedding, multiplied_linear, multiplied_weight
 from tests.parametrization._helpers import SavedBytes
 
 SUBSETS = [tuple(k in letters for k in "src") for letters in ("src", "rc", "sc", "sr", "s", "r", "c", "")]
+
+
+@pytest.fixture(autouse=True)
+def python_ops():
+    """These are tests of the Python ops: the C++ Linear (on by default where it builds, and
+    tested in test_compiled_linear.py) is switched off around each."""
+    previous = P.use_compiled_linear(False)
+    yield
+    P.use_compiled_linear(previous)
 
 
 def _mults(rows: int, cols: int, present: tuple[bool, bool, bool], g: torch.Generator, batch: tuple[int, ...] = ()):
