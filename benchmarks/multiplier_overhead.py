@@ -6,7 +6,10 @@ same optimizer ``optimizers.AdamW`` (torch's fused kernel) and the same ``mp.cli
 every step; only the multipliers differ):
 
 * ``plain``        ``parametrize(model, "none")``: roles and rules only, no multipliers;
-* ``vector/auto``  ``parametrize(model, "vector")``, weight or activation side chosen per call;
+* ``vector/auto``  ``parametrize(model, "vector")``, weight or activation side chosen per call,
+  the library's default: the C++ Linear (``parametrization.compiled_linear``) where it builds;
+* ``vector/Python op``   the same, with ``use_compiled_linear(False)`` (the Python ops only; timed
+  only where the C++ Linear is in use, i.e. eager without autocast, and builds);
 * ``vector/weight``      the same, forced to build ``W_eff`` (O(m·n) per call);
 * ``vector/activation``  the same, forced to scale activations (O(tokens·(m+n)) per call);
 * ``vector/unfused``     the weight side written with plain autograd ops through ``W_eff`` (what
@@ -66,7 +69,6 @@ from rich.table import Table
 import optimizers
 import parametrization as P
 from parametrization.effective_weight import effective_weight, embedding_activation_side, linear_activation_side
-from parametrization import compiled_linear
 from parametrization.multipliers import is_multiplied, set_compute
 from benchmarks._report import machine, paired_ratio, ratio_row, run_script, time_instances, time_interleaved
 from reference_models import GPT, GPTConfig
@@ -236,29 +238,23 @@ def layer_call_times(rounds: int, warmup: int, device: str, cpp: bool = False) -
 
         fns[name] = calls
         if cpp and name == "vector":
-            fns["vector/C++"] = with_cpp(calls)  # the same layer, through the opt-in C++ Linear
+            fns["vector/Python op"] = with_python_op(calls)  # the same layer, C++ Linear switched off
     wall, _ = time_interleaved(fns, rounds, warmup)
     return {k: [t / CALLS_PER_TIMING for t in v] for k, v in wall.items()}
 
 
-def cpp_available(mode: RunMode) -> bool:
-    """True when the opt-in C++ Linear (``parametrization.use_compiled_linear``) builds here and
-    this run can use it (eager, no autocast: otherwise every call keeps the Python op)."""
-    if mode.compile or mode.bf16:
-        return False
-    try:
-        compiled_linear._op()
-    except RuntimeError as err:
-        print(f"C++ Linear not measured: {err}")
-        return False
-    return True
+def cpp_in_use(mode: RunMode) -> bool:
+    """True when the default multiplied Linear of this run is the C++ op (it builds here, and the
+    run is eager without autocast: otherwise every call takes the Python op). Builds it now, so
+    that no timed call does."""
+    return not mode.compile and not mode.bf16 and P.compiled_linear_enabled()
 
 
-def with_cpp(fn: Callable[[], None]) -> Callable[[], None]:
-    """``fn`` run with the C++ Linear switched on (the switch is process-wide; contenders interleave)."""
+def with_python_op(fn: Callable[[], None]) -> Callable[[], None]:
+    """``fn`` run with the C++ Linear switched off (the switch is process-wide; contenders interleave)."""
 
     def run() -> None:
-        previous = P.use_compiled_linear(True)
+        previous = P.use_compiled_linear(False)
         try:
             fn()
         finally:
@@ -365,9 +361,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ("vector/activation", "vector", "activation"),
         ("vector/unfused", "vector", "weight"),
     )
-    cpp = cpp_available(mode)
+    cpp = cpp_in_use(mode)
     if cpp:
-        contenders += (("vector/C++", "vector", "auto"),)  # the opt-in C++ Linear (use_compiled_linear)
+        contenders += (("vector/Python op", "vector", "auto"),)  # vector/auto with the C++ Linear off
     models: dict[str, tuple[GPT, P.Parametrization, Callable[[], None]]] = {}  # the last instance's
 
     def make_steps() -> dict[str, Callable[[], None]]:
@@ -382,8 +378,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 unfuse(model)
             opt = optimizers.AdamW(mp.param_groups("adamw", lr=1e-3, weight_decay=0.1))
             steps[name] = _train_step(mode.call(model), mp, opt, idx, targets)
-            if name == "vector/C++":
-                steps[name] = with_cpp(steps[name])
+            if name == "vector/Python op":
+                steps[name] = with_python_op(steps[name])
             models[name] = (model, mp, steps[name])
         return steps
 
@@ -407,7 +403,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     med = statistics.median
     plain_step = med(step_times["plain"])
-    fused = ("vector/auto",) + (("vector/C++",) if cpp else ())  # each also compared with unfused (goal ≤ 1)
+    fused = ("vector/auto",) + (("vector/Python op",) if cpp else ())  # each also compared with unfused (goal ≤ 1)
     rows = [
         ratio_row(f"train step {name}", med(step_times[name]), "plain", plain_step, 1.05 if name == "vector/auto" else None,
                   paired_ratio=paired_ratio(step_times, name, "plain"))
@@ -435,10 +431,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ours_cpu, peer_cpu = cpu_medians[r["name"]]
         r["cpu_time_ratio"] = ours_cpu / peer_cpu
     call = layer_call_times(args.forward_steps, args.warmup, args.device, cpp)
-    for name in ("vector", "vector/unfused") + (("vector/C++",) if cpp else ()):
+    for name in ("vector", "vector/unfused") + (("vector/Python op",) if cpp else ()):
         rows.append(ratio_row(f"layer call {name}", med(call[name]), "plain", med(call["plain"]), None,
                               paired_ratio=paired_ratio(call, name, "plain"), extra_us=(med(call[name]) - med(call["plain"])) * 1e6))
-    for name in ("vector",) + (("vector/C++",) if cpp else ()):
+    for name in ("vector",) + (("vector/Python op",) if cpp else ()):
         rows.append(ratio_row(f"layer call {name} vs unfused", med(call[name]), "vector/unfused", med(call["vector/unfused"]), None,
                               paired_ratio=paired_ratio(call, name, "vector/unfused"),
                               extra_us=(med(call[name]) - med(call["vector/unfused"])) * 1e6))
@@ -468,6 +464,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "parameters": n_params,
         "multiplier_parameters": n_mult,
         "fold_max_relative_error": fold_error,
+        "default_linear_op": "C++" if cpp else "Python",  # what vector/auto's multiplied Linears ran
         "rows": rows,
         "memory_rows": memory,
         "sweep_rows": sweep,
@@ -499,6 +496,7 @@ def render(result: dict[str, Any], console: Console) -> None:
                       f"{r['paired_ratio']:.3f}", f"{r['ratio_of_minima']:.3f}", f"{r['cpu_time_ratio']:.3f}", goal, ok)
     console.print(table)
     console.print(f"fold max relative error: {result['fold_max_relative_error']:.2e}")
+    console.print(f"multiplied Linear of vector/auto and the sweep: the {result['default_linear_op']} op")
     mem = Table(title="Saved-for-backward memory (MB, parameters excluded) and sweep step-time ratios (÷ plain)")
     for col in ("row", "tokens", "plain", "vector", "ratio", "unfused", "unfused ratio", "goal ≤ 1.02", "CUDA peak ratio",
                 "time ratio", "time ratio unfused", "paired", "paired unfused", "fused ÷ unfused (paired)", "CPU-time ratio",

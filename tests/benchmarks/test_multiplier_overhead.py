@@ -18,15 +18,17 @@ def test_quick_run_writes_json_with_every_ratio(tmp_path: Path) -> None:
     saved = json.loads(out.read_text())
     assert saved["rows"] == json.loads(json.dumps(result["rows"]))
     names = [r["name"] for r in saved["rows"]]
-    # The opt-in C++ Linear is timed where it builds (a C++ compiler and ninja are at hand).
-    cpp = multiplier_overhead.cpp_available(multiplier_overhead.RunMode())
+    # Where the C++ Linear builds (a C++ compiler and ninja are at hand) it is the default, and the
+    # Python op is timed as a contender of its own.
+    cpp = multiplier_overhead.cpp_in_use(multiplier_overhead.RunMode())
     assert names == [
         "train step plain (copy)", "train step vector/auto", "train step vector/weight", "train step vector/activation",
-        "train step vector/unfused", *(["train step vector/C++"] if cpp else []), "train step vector/auto vs unfused",
-        *(["train step vector/C++ vs unfused"] if cpp else []), "forward folded", "forward vector/auto",
-        "layer call vector", "layer call vector/unfused", *(["layer call vector/C++"] if cpp else []),
-        "layer call vector vs unfused", *(["layer call vector/C++ vs unfused"] if cpp else []),
+        "train step vector/unfused", *(["train step vector/Python op"] if cpp else []), "train step vector/auto vs unfused",
+        *(["train step vector/Python op vs unfused"] if cpp else []), "forward folded", "forward vector/auto",
+        "layer call vector", "layer call vector/unfused", *(["layer call vector/Python op"] if cpp else []),
+        "layer call vector vs unfused", *(["layer call vector/Python op vs unfused"] if cpp else []),
     ]
+    assert saved["default_linear_op"] == ("C++" if cpp else "Python")
     calls = saved["raw_times_s"]["layer_call"]
     call_rows = [r for r in saved["rows"] if r["name"].startswith("layer call ")]
     assert len(call_rows) == (5 if cpp else 3)
