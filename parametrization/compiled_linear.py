@@ -67,17 +67,28 @@ def _import_ninja() -> Any:
         return None
 
 
+def _announce_build() -> None:
+    """Log once that a first build (about a minute) is starting, unless torch's cache holds one."""
+    try:
+        from torch.utils.cpp_extension import _get_build_directory  # private: only for this message
+
+        folder = _get_build_directory(_NAME, verbose=False)
+        if any(f.startswith(_NAME) and f.endswith((".so", ".pyd")) for f in os.listdir(folder)):
+            return
+    except Exception:  # the message is a courtesy; the build itself reports real failures
+        folder = "torch's extension cache"
+    _log.warning("parametrization: building the C++ multiplied Linear (once per torch version; about a minute) in %s", folder)
+
+
 def _build() -> Any:
     """The compiled module (built or loaded once per process); ``RuntimeError`` saying why if not."""
     global _module
     if _module is None:
-        from torch.utils.cpp_extension import _get_build_directory, load
+        from torch.utils.cpp_extension import load
 
         _put_ninja_on_path()
+        _announce_build()
         try:
-            folder = _get_build_directory(_NAME, verbose=False)
-            if not any(f.startswith(_NAME) and f.endswith((".so", ".pyd")) for f in os.listdir(folder)):
-                _log.warning("parametrization: building the C++ multiplied Linear (once per torch version; about a minute) in %s", folder)
             _module = load(_NAME, [_SOURCE], extra_cflags=["-O2"], verbose=False)
         except Exception as err:  # compiler or ninja missing, or a build error: say which, keep nothing half-set
             raise RuntimeError(

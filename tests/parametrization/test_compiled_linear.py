@@ -117,7 +117,7 @@ def test_the_python_op_serves_what_the_cpp_op_cannot(compiled):
         y_inf = multiplied_linear(x, w, b, s, r, c)
     assert y_ng.grad_fn is None and torch.equal(y_ng, y.detach()) and torch.equal(y_inf, y_ng)
     # multipliers that do not fit the weight: the C++ op declines, so they never broadcast silently
-    for bad in (torch.ones(1), torch.ones(5), torch.ones(4, dtype=torch.float64), torch.ones(1, 4)):
+    for bad in (torch.ones(1), torch.ones(5), torch.ones(4, dtype=torch.float64), torch.ones(1, 4), torch.ones(4, device="meta")):
         assert compiled_linear_call(x, w, b, s, bad, c, 1.0, 0, 0) is None
     assert compiled_linear_call(x, w, b, torch.ones(2), r, c, 1.0, 0, 0) is None
     assert compiled_linear_call(x, w, b, s, r, torch.ones(4), 1.0, 0, 0) is None
