@@ -244,8 +244,10 @@ def compiled_linear_call(x: Tensor, weight: Tensor, bias: Tensor | None, scalar:
     ``torch.compile`` tracing, functorch, tensor subclasses); the op declines the rest (the
     activation side, autocast, multipliers that do not fit the weight).
     """
+    if not _plain_eager():  # first: while dynamo traces, nothing below is read
+        return None
     op = _compiled_linear
-    if op is None or not _plain_eager() or type(x) not in _PLAIN_TENSORS or type(weight) not in _PLAIN_TENSORS:
+    if op is None or type(x) not in _PLAIN_TENSORS or type(weight) not in _PLAIN_TENSORS:
         return None
     return op(x, weight, bias, scalar, row, col, fixed, row_dim, mode)
 
