@@ -8,8 +8,8 @@ backward without the interpreter and makes the module's per-call checks in C++; 
 gradients are bitwise those of the Python op.
 
 It is built with ``torch.utils.cpp_extension.load`` (a C++ compiler and ``ninja``, a dependency of
-this package, are needed). Settings (:func:`use_compiled_linear`; the environment variable ``LRM_COMPILED_LINEAR=0``, read
-at import, starts from ``False``):
+this package, are needed). Settings (:func:`use_compiled_linear`; the environment variable
+``LRM_COMPILED_LINEAR=0``, read at import, starts from ``False``):
 
 * ``"auto"`` (default): the first eager multiplied Linear call builds it (about 45 s on 2 cores,
   logged once; torch caches it under ``~/.cache/torch_extensions``, so later processes load it in
