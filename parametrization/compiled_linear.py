@@ -12,9 +12,10 @@ this package, are needed). Settings (:func:`use_compiled_linear`; the environmen
 ``LRM_COMPILED_LINEAR=0``, read at import, starts from ``False``):
 
 * ``"auto"`` (default): the first eager multiplied Linear call builds it (about 45 s on 2 cores,
-  logged once; torch caches it under ``~/.cache/torch_extensions``, so later processes load it in
-  about a second). If the build fails, one ``RuntimeWarning`` says why and the Python op stays in
-  use: same results, slower on small layers.
+  logged once; torch caches it under ``~/.cache/torch_extensions``, per torch version and installed
+  copy of this package, so later processes load it in a fraction of a second). If the build fails,
+  one ``RuntimeWarning`` says why and the Python op stays in use: same results, slower on small
+  layers.
 * ``True``: build now; a failed build raises ``RuntimeError`` and changes nothing.
 * ``False``: the Python op everywhere; nothing is compiled.
 
@@ -25,6 +26,7 @@ tracing, functorch transforms, and tensor subclasses such as ``DTensor``.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -40,8 +42,10 @@ __all__ = ["use_compiled_linear", "compiled_linear_enabled"]
 Setting = bool | Literal["auto"]
 
 _SOURCE = os.path.join(os.path.dirname(__file__), "csrc", "multiplied_linear.cpp")
-# One build per torch version: an extension built against another torch's ABI would not import.
-_NAME = "lrm_multiplied_linear_" + re.sub(r"\W", "_", torch.__version__)
+# One build per torch version (an extension built against another torch's ABI would not import) and
+# per installed copy of this file (torch rebuilds when the same name's source path changes, so two
+# checkouts on one machine would otherwise rebuild over each other on every switch).
+_NAME = "lrm_multiplied_linear_{}_{}".format(re.sub(r"\W", "_", torch.__version__), hashlib.sha1(_SOURCE.encode()).hexdigest()[:8])
 _ENV = "LRM_COMPILED_LINEAR"
 _module: Any = None
 _log = logging.getLogger(__name__)
@@ -77,7 +81,7 @@ def _announce_build() -> None:
             return
     except Exception:  # the message is a courtesy; the build itself reports real failures
         folder = "torch's extension cache"
-    _log.warning("parametrization: building the C++ multiplied Linear (once per torch version; about a minute) in %s", folder)
+    _log.warning("parametrization: building the C++ multiplied Linear (once per torch version and installed copy; about a minute) in %s", folder)
 
 
 def _build() -> Any:
