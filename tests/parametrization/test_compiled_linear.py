@@ -84,6 +84,22 @@ def test_gradcheck_and_bitwise_equal_to_the_python_op(compiled, present, m, n, f
     assert torch.allclose(y_py, F.linear(args32[0], effective_weight(args32[1], *args32[3:], fixed=fixed), args32[2]))
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_half_precision_model_is_bitwise_the_python_op(compiled, dtype):
+    # A model cast to bf16/fp16 (no autocast) runs the C++ op; its products match the Python op's.
+    g = torch.Generator().manual_seed(5)
+    args = [None if t is None else t.detach().to(dtype).requires_grad_() for t in _tensors(6, 5, (True, True, True, True), torch.float32, g)]
+    y = multiplied_linear(*args, fixed=0.5)
+    assert _is_cpp(y) and y.dtype == dtype
+    grads = torch.autograd.grad(y.float().square().sum(), args)
+    P.use_compiled_linear(False)
+    y_py = multiplied_linear(*args, fixed=0.5)
+    grads_py = torch.autograd.grad(y_py.float().square().sum(), args)
+    assert torch.equal(y, y_py)
+    for a, b in zip(grads, grads_py, strict=True):
+        assert a.dtype == dtype and torch.equal(a, b)
+
+
 def test_only_the_gradients_asked_for(compiled):
     g = torch.Generator().manual_seed(1)
     x, w, b, s, r, c = _tensors(4, 5, (True, True, True, True), torch.float32, g)
