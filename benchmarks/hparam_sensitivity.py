@@ -32,6 +32,7 @@ import math
 import sys
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 if __package__ in (None, ""):  # run as `python benchmarks/<script>.py`: make the repository root importable
@@ -212,23 +213,32 @@ def _transfer(p: dict[str, Any], base: TrainConfig, corpus: ByteCorpus, workers:
                     jobs.append((arm, kw))
     records = run_many(GPTConfig.preset(p["model"], **p["model_overrides"]), base, jobs, corpus=corpus, workers=workers,
                        on_done=report)
-    curves: dict[str, dict[int, list[float]]] = {}
-    by: dict[tuple[str, int, float], list[float]] = {}
+    by: dict[tuple[str, int, float], dict[int, float]] = {}
     for (arm, kw), rec in zip(jobs, records):
-        by.setdefault((kw["setting"]["arm"], kw["setting"]["width"], kw["lr"]), []).append(rec.final_val_loss)
+        by.setdefault((kw["setting"]["arm"], kw["setting"]["width"], kw["lr"]), {})[kw["seed"]] = rec.final_val_loss
     xs = [math.log2(lr) for lr in p["lrs"]]
-    result: dict[str, Any] = {}
-    for label, _, _ in _transfer_arms(p["transfer_optimizers"], p.get("transfer_arms")):
+
+    def drift_and_regret(curve: Callable[[int, float], float]) -> tuple[dict[int, dict[str, Any]], float, float]:
+        """Best lr per width of the loss curve ``curve(width, lr)``; drift (octaves) and regret."""
         per_width = {}
         for width in p["widths"]:
-            ys = [mean_spread(by[(label, width, lr)])[0] for lr in p["lrs"]]
+            ys = [curve(width, lr) for lr in p["lrs"]]
             x, y, interior = parabola_min(xs, ys)
             per_width[width] = dict(loss=ys, best_log2_lr=x, best_lr=2.0 ** x, best_loss=y, interior=interior)
-            curves.setdefault(label, {})[width] = ys
         narrow, wide = per_width[p["widths"][0]], per_width[p["widths"][-1]]
         regret = interpolate(xs, wide["loss"], narrow["best_log2_lr"]) - wide["best_loss"]
-        result[label] = dict(widths={str(w): v for w, v in per_width.items()},
-                             drift_octaves=wide["best_log2_lr"] - narrow["best_log2_lr"], regret=regret)
+        return per_width, wide["best_log2_lr"] - narrow["best_log2_lr"], regret
+
+    result: dict[str, Any] = {}
+    for label, _, _ in _transfer_arms(p["transfer_optimizers"], p.get("transfer_arms")):
+        # The seed-mean curve gives the reported optimum; each seed's own curve gives the spread.
+        per_width, drift, regret = drift_and_regret(lambda w, lr: mean_spread(list(by[(label, w, lr)].values()))[0])
+        per_seed = []
+        for seed in p["transfer_seeds"]:
+            _, seed_drift, seed_regret = drift_and_regret(lambda w, lr: by[(label, w, lr)][seed])
+            per_seed.append(dict(seed=seed, drift_octaves=seed_drift, regret=seed_regret))
+        result[label] = dict(widths={str(w): v for w, v in per_width.items()}, drift_octaves=drift, regret=regret,
+                             per_seed=per_seed)
     t = Table(title=f"lr transfer across width (base width {w0}; {p['transfer_steps']} steps of {p['transfer_batch_size']}×"
                     f"{base.seq_len}, wd {p['transfer_wd']:g}, "
                     f"seeds {p['transfer_seeds']}): best lr per width (parabola fit in log2 lr; * = grid edge)")
@@ -237,9 +247,11 @@ def _transfer(p: dict[str, Any], base: TrainConfig, corpus: ByteCorpus, workers:
         t.add_column(f"w={w}", justify="right")
     t.add_column("drift (octaves)", justify="right")
     t.add_column("transfer regret", justify="right")
+    t.add_column("per seed: drift / regret", justify="right")
     for label, r in result.items():
         cells = [f"{v['best_lr']:.2e}{'' if v['interior'] else '*'} ({v['best_loss']:.3f})" for v in r["widths"].values()]
-        t.add_row(label, *cells, f"{r['drift_octaves']:+.2f}", f"{r['regret']:.4f}")
+        seeds = ", ".join(f"{q['drift_octaves']:+.2f} / {q['regret']:.4f}" for q in r["per_seed"])
+        t.add_row(label, *cells, f"{r['drift_octaves']:+.2f}", f"{r['regret']:.4f}", seeds)
     console.print(t)
     return dict(arms=result, lrs=p["lrs"], widths=p["widths"], runs=[r.to_dict(curve_points=20) for r in records])
 
@@ -258,6 +270,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--arms", default=",".join(ARMS), help="forward sweep arms, subset of " + ",".join(ARMS))
     parser.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")])
     parser.add_argument("--transfer-arms", type=lambda s: s.split(","), help="subset of SP,muP,muP+mult")
+    parser.add_argument("--transfer-seeds", type=lambda s: [int(x) for x in s.split(",")],
+                        help="seeds of the transfer experiment (default: the preset's; its curves are seed means)")
     parser.add_argument("--widths", type=lambda s: [int(x) for x in s.split(",")], help="transfer widths, e.g. 32,64,128")
     parser.add_argument("--workers", type=int)
     parser.add_argument("--out", default="results/hparam_sensitivity.json")
@@ -266,6 +280,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = dict(PRESETS[args.preset])
     if args.seeds is not None:
         p["seeds"] = args.seeds
+    if args.transfer_seeds is not None:
+        p["transfer_seeds"] = args.transfer_seeds
     if args.transfer_arms is not None:
         bad = sorted(set(args.transfer_arms) - {"SP", "muP", "muP+mult"})
         if bad:

@@ -94,3 +94,24 @@ def test_smoke_preset_runs_both_experiments(tmp_path: Path):
     for arm in tr["arms"].values():
         assert arm["regret"] >= -1e-9 or not arm["widths"][wide]["interior"]
         assert math.isfinite(arm["drift_octaves"])
+
+
+@pytest.mark.slow
+def test_transfer_with_two_seeds_reports_each_seed(tmp_path: Path):
+    out = tmp_path / "hs.json"
+    hs.main(["--preset", "smoke", "--experiment", "transfer", "--transfer-seeds", "0,1", "--workers", "1", "--no-progress",
+             "--out", str(out)])
+    tr = json.loads(out.read_text())["transfer"]
+    p = hs.PRESETS["smoke"]
+    w0, wide = str(p["widths"][0]), str(p["widths"][-1])
+    for label, arm in tr["arms"].items():
+        assert [q["seed"] for q in arm["per_seed"]] == [0, 1]
+        runs = {(r["seed"], r["lr"]): r["final_val_loss"] for r in tr["runs"]
+                if r["setting"]["arm"] == label and r["setting"]["width"] == int(w0)}
+        # The reported curve is the seed mean of the runs; the two seeds' runs differ.
+        for lr, loss in zip(tr["lrs"], arm["widths"][w0]["loss"]):
+            assert loss == pytest.approx((runs[(0, lr)] + runs[(1, lr)]) / 2)
+        assert any(runs[(0, lr)] != runs[(1, lr)] for lr in tr["lrs"])
+        for q in arm["per_seed"]:
+            assert math.isfinite(q["drift_octaves"]) and math.isfinite(q["regret"])
+        assert arm["widths"][wide]["loss"]
