@@ -31,8 +31,8 @@ import json
 import math
 import sys
 import time
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 if __package__ in (None, ""):  # run as `python benchmarks/<script>.py`: make the repository root importable
