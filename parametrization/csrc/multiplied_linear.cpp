@@ -57,16 +57,21 @@ Tensor apply_factors(const Tensor& t, const Factors& f, int64_t rd, bool in_plac
   return out;
 }
 
+// y = x W_effᵀ + b, W_eff built and dropped here: the forward with and without autograd.
+Tensor output(const Tensor& x, const Tensor& w, const Tensor& b, const Tensor& s, const Tensor& r, const Tensor& c, double fixed) {
+  Tensor w_eff = apply_factors(w, absorbed(s, r, c, fixed), 0, /*in_place=*/false);
+  return b.defined() ? at::linear(x, w_eff, b) : at::linear(x, w_eff);
+}
+
 struct MultipliedLinear : public torch::autograd::Function<MultipliedLinear> {
   static Tensor forward(AutogradContext* ctx, const Tensor& x, const Tensor& w, const std::optional<Tensor>& bias,
                         const std::optional<Tensor>& scalar, const std::optional<Tensor>& row, const std::optional<Tensor>& col,
                         double fixed) {
     Tensor b = bias.value_or(Tensor()), s = scalar.value_or(Tensor()), r = row.value_or(Tensor()), c = col.value_or(Tensor());
-    Tensor w_eff = apply_factors(w, absorbed(s, r, c, fixed), 0, /*in_place=*/false);
     ctx->save_for_backward({x, w, s, r, c});
     ctx->saved_data["fixed"] = fixed;
     ctx->saved_data["has_bias"] = b.defined();
-    return b.defined() ? at::linear(x, w_eff, b) : at::linear(x, w_eff);
+    return output(x, w, b, s, r, c, fixed);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -135,10 +140,8 @@ std::optional<Tensor> multiplied_linear(const Tensor& x, const Tensor& stored, c
     return std::nullopt;
   if (!fits(r, m, w) || !fits(c, n, w) || n == 0) return std::nullopt;
   if (mode == 2 && (x.numel() / n) * (m + n) < m * n) return std::nullopt;
-  if (!at::GradMode::is_enabled()) {  // inference: the forward alone, no autograd node (as the Python op)
-    Tensor w_eff = apply_factors(w, absorbed(s.value_or(Tensor()), r.value_or(Tensor()), c.value_or(Tensor()), fixed), 0, false);
-    return b ? at::linear(x, w_eff, *b) : at::linear(x, w_eff);
-  }
+  if (!at::GradMode::is_enabled())  // inference: the forward alone, no autograd node (as the Python op)
+    return output(x, w, b.value_or(Tensor()), s.value_or(Tensor()), r.value_or(Tensor()), c.value_or(Tensor()), fixed);
   return MultipliedLinear::apply(x, w, b, s, r, c, fixed);
 }
 
